@@ -1,0 +1,285 @@
+"""Configuration dataclasses for TWGTM.
+
+Every field carries a one-line reason. Two presets:
+
+* ``TWGTMConfig.full()``: SD1.5-inpainting shapes, CLIP ViT-L/14, Swin-B, Q-Former N=32,
+  TaskFormer K=32, U=3 (``shared/design/ARCHITECTURE.md`` section 3, "Full").
+* ``TWGTMConfig.tiny()``: under 5M parameters, 64x48 images, every code path kept
+  (CPU tests, the synthetic main job, the example workflows).
+
+Configs round-trip through JSON (``to_json`` / ``from_json``); the trained ``.safetensors``
+file stores this JSON in its metadata.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+# Canonical category names, and the aliases users and datasets use for them.
+CATEGORIES: tuple[str, ...] = ("upper", "lower", "dress")
+CATEGORY_ALIASES: dict[str, str] = {
+    "upper": "upper", "upper_body": "upper", "upper garment": "upper", "top": "upper", "tops": "upper",
+    "lower": "lower", "lower_body": "lower", "lower garment": "lower", "bottom": "lower", "bottoms": "lower",
+    "dress": "dress", "dresses": "dress", "overall": "dress", "full": "dress",
+}
+
+
+def canonical_category(value: str) -> str:
+    """Map a user/dataset category name to one of :data:`CATEGORIES`, or raise."""
+    if not isinstance(value, str):
+        raise ConfigError(f"category: expected a string among {CATEGORIES}, got {type(value).__name__} {value!r}")
+    key = value.strip().lower()
+    if key not in CATEGORY_ALIASES:
+        raise ConfigError(f"category: expected one of {CATEGORIES} (or an alias such as 'upper_body'), got {value!r}")
+    return CATEGORY_ALIASES[key]
+
+
+@dataclass
+class QFormerConfig:
+    hidden_size: int = 768        # D: one width for CLIP tokens, queries and the UNet cross-attention (spec 1.2)
+    num_heads: int = 12           # BLIP-2 / InstructBLIP head count at width 768
+    num_layers: int = 4           # trained from scratch, so 4 layers (about 57M) instead of BLIP-2's 12
+    ffn_dim: int = 3072           # 4x width, BERT layout
+    num_queries: int = 32         # N learnable queries, as BLIP-2
+    text_dim: int = 768           # width of the frozen CLIP text encoder's hidden states
+    vision_dim: int = 768         # width of the projected CLIP image tokens F_CLIP.S
+
+
+@dataclass
+class TaskFormerConfig:
+    hidden_dim: int = 256         # d: Mask2Former decoder width
+    num_heads: int = 8            # Mask2Former default
+    ffn_dim: int = 2048           # Mask2Former default
+    num_queries: int = 32         # K: number of TFQ channels handed to the Decoder
+    num_units: int = 3            # U: 3 units x 3 blocks = Mask2Former's 9 layers over 3 levels
+    pixel_decoder: str = "fpn"    # "fpn" (Mask2Former-like fused 1/4 features) or "linear" (paper-literal 1x1 on H1)
+    mask_threshold: float = 0.5   # attention-mask threshold on sigmoid probabilities (Mask2Former)
+
+
+@dataclass
+class DecoderConfig:
+    width: int = 256              # conv/transformer width of the lightweight per-level Decoder (eq. 12)
+    num_heads: int = 4            # BasicTransformerBlock heads
+    head_dim: int = 64            # BasicTransformerBlock head size (heads x head_dim = width)
+
+
+@dataclass
+class SwinConfig:
+    model_name: str = "swin_base_patch4_window12_384"  # Swin-B 384, window 12 (Mask2Former's Swin-B)
+    out_indices: tuple[int, ...] = (0, 1, 2)           # stages giving strides 4, 8, 16 (H1, H2, H3)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (tiny sizes)
+
+
+@dataclass
+class LossConfig:
+    mask_weight: float = 1.0      # lambda (eq. 14); with Adam it only moves the shared Q-Former
+    dice_weight: float = 1.0      # lambda' (eq. 15); Mask2Former uses equal dice/BCE weights
+    bce_weight: float = 1.0       # lambda'' (eq. 15)
+    stage2_mask_weight: float = 0.0  # eq. 16 has no mask loss; set > 0 to keep TFQ_0 sharp for Mask2BBox(pred)
+    loss_region: str = "full"     # "full" concatenated latent (CatVTON practice) or "target" half only
+
+
+def _sd15_unet() -> dict[str, Any]:
+    # stable-diffusion-v1-5/stable-diffusion-inpainting unet/config.json (diffusers defaults + 9 input channels)
+    return dict(
+        sample_size=64, in_channels=9, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def _sd_vae() -> dict[str, Any]:
+    # stabilityai/sd-vae-ft-mse config.json
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32, sample_size=512,
+    )
+
+
+def _scheduler() -> dict[str, Any]:
+    # the inpainting checkpoint's scheduler config: DDPM training, epsilon prediction
+    return dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+    )
+
+
+@dataclass
+class TWGTMConfig:
+    # --- images and latents -------------------------------------------------------------------
+    height: int = 1024            # model input height (VITON-HD / DressCode native, CatVTON 1024)
+    width: int = 768              # model input width (3:4 portrait)
+    vae_scale_factor: int = 8     # SD VAE downsampling; latent = 128x96 per half
+    latent_channels: int = 4      # SD VAE latent channels
+    scaling_factor: float = 0.18215  # SD1.x latent scaling
+    concat_dim: int = -1          # -1: width (paper's 3xHx2W); -2: height (CatVTON / TryOffAnyone)
+    # --- base components (diffusers / transformers / timm constructor kwargs) ---------------
+    unet: dict[str, Any] = field(default_factory=_sd15_unet)        # SD1.5-inpainting UNet
+    vae: dict[str, Any] = field(default_factory=_sd_vae)            # sd-vae-ft-mse
+    clip_vision: dict[str, Any] = field(default_factory=lambda: dict(  # openai/clip-vit-large-patch14
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=224, patch_size=14, projection_dim=768))
+    clip_text: dict[str, Any] = field(default_factory=lambda: dict(    # SD1.5 text encoder (CLIP ViT-L/14 text)
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    text_max_length: int = 77     # CLIP tokenizer max length (padded)
+    swin: SwinConfig = field(default_factory=SwinConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    taskformer: TaskFormerConfig = field(default_factory=TaskFormerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    scheduler: dict[str, Any] = field(default_factory=_scheduler)   # DDPM training schedule
+    # --- task conditioning --------------------------------------------------------------------
+    categories: tuple[str, ...] = CATEGORIES  # row order of the cached prompt embeddings
+    prompts: dict[str, str] = field(default_factory=lambda: {      # T_p per category (spec 1.2)
+        "upper": "upper garment", "lower": "lower garment", "dress": "dress"})
+    # --- training-time choices that also shape inference ------------------------------------
+    loss: LossConfig = field(default_factory=LossConfig)
+    cfg_dropout: float = 0.1      # p of dropping reference latent + F_SAM + SRM gate together (CatVTON)
+    stage: int = 2                # 1: no Extended Attention / Decoder; 2: full model
+    # --- inference defaults --------------------------------------------------------------------
+    num_inference_steps: int = 50  # CatVTON default
+    guidance_scale: float = 2.5    # CatVTON default
+    eta: float = 1.0               # DDIM eta used by CatVTON
+
+    # ---------------------------------------------------------------------------------------------
+    @classmethod
+    def full(cls, **overrides: Any) -> "TWGTMConfig":
+        """The paper's model at 1024x768 (ARCHITECTURE.md section 3, Full)."""
+        return dataclasses.replace(cls(), **overrides)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "TWGTMConfig":
+        """Under 5M parameters at 64x48; every code path of the full model is kept."""
+        cfg = cls(
+            height=64, width=48,
+            unet=dict(
+                sample_size=8, in_channels=9, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 32, 64, 64),
+                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8,
+            ),
+            vae=dict(
+                in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                block_out_channels=(8, 8, 16, 16),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                norm_num_groups=4, sample_size=64,
+            ),
+            clip_vision=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                             image_size=32, patch_size=8, projection_dim=32),
+            clip_text=dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                           bos_token_id=998, eos_token_id=999, pad_token_id=999),
+            swin=SwinConfig(
+                model_name="swin_tiny_patch4_window7_224",
+                kwargs=dict(embed_dim=16, depths=(1, 1, 1), num_heads=(1, 2, 4), window_size=(4, 3)),
+            ),
+            qformer=QFormerConfig(hidden_size=32, num_heads=4, num_layers=2, ffn_dim=64, num_queries=4,
+                                  text_dim=32, vision_dim=32),
+            taskformer=TaskFormerConfig(hidden_dim=32, num_heads=4, ffn_dim=64, num_queries=4, num_units=2),
+            decoder=DecoderConfig(width=32, num_heads=4, head_dim=8),
+        )
+        return dataclasses.replace(cfg, **overrides)
+
+    # --- derived sizes -----------------------------------------------------------------------
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(h, w) of one latent half."""
+        return self.height // self.vae_scale_factor, self.width // self.vae_scale_factor
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return int(self.unet["cross_attention_dim"])
+
+    def level_channels(self) -> tuple[int, int, int]:
+        """UNet hidden size C at attention levels 0, 1, 2 (down_blocks.i / up_blocks.3-i)."""
+        ch = tuple(self.unet["block_out_channels"])
+        return ch[0], ch[1], ch[2]
+
+    def level_sizes(self) -> tuple[tuple[int, int], ...]:
+        """(h, w) of the reference half at levels 0, 1, 2: ceil(h / 2^l), never hard-coded."""
+        h, w = self.latent_size
+        return tuple((-(-h // 2 ** lvl), -(-w // 2 ** lvl)) for lvl in range(3))
+
+    def category_index(self, category: str) -> int:
+        return self.categories.index(canonical_category(category))
+
+    # --- validation & (de)serialisation ------------------------------------------------------
+    def validate(self) -> "TWGTMConfig":
+        f = self.vae_scale_factor
+        if self.height % f or self.width % f:
+            raise ConfigError(f"height/width: expected multiples of vae_scale_factor={f}, got {self.height}x{self.width}")
+        if self.concat_dim not in (-1, -2):
+            raise ConfigError(f"concat_dim: expected -1 (width) or -2 (height), got {self.concat_dim!r}")
+        if self.qformer.hidden_size != self.cross_attention_dim:
+            raise ConfigError(f"qformer.hidden_size: expected the UNet cross_attention_dim "
+                              f"{self.cross_attention_dim}, got {self.qformer.hidden_size}")
+        if self.clip_vision["projection_dim"] != self.qformer.vision_dim:
+            raise ConfigError(f"clip_vision.projection_dim: expected qformer.vision_dim {self.qformer.vision_dim}, "
+                              f"got {self.clip_vision['projection_dim']}")
+        if self.clip_text["hidden_size"] != self.qformer.text_dim:
+            raise ConfigError(f"clip_text.hidden_size: expected qformer.text_dim {self.qformer.text_dim}, "
+                              f"got {self.clip_text['hidden_size']}")
+        if self.taskformer.pixel_decoder not in ("fpn", "linear"):
+            raise ConfigError(f"taskformer.pixel_decoder: expected 'fpn' or 'linear', got {self.taskformer.pixel_decoder!r}")
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage: expected 1 or 2, got {self.stage!r}")
+        if self.loss.loss_region not in ("full", "target"):
+            raise ConfigError(f"loss.loss_region: expected 'full' or 'target', got {self.loss.loss_region!r}")
+        if sorted(self.prompts) != sorted(self.categories):
+            raise ConfigError(f"prompts: expected one prompt per category {self.categories}, got keys {sorted(self.prompts)}")
+        for c in self.categories:
+            canonical_category(c)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TWGTMConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"config: unknown fields {unknown}; expected a subset of {sorted(known)}")
+        nested = {"swin": SwinConfig, "qformer": QFormerConfig, "taskformer": TaskFormerConfig,
+                  "decoder": DecoderConfig, "loss": LossConfig}
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            if name in nested:
+                sub = nested[name]
+                sub_known = {f.name for f in dataclasses.fields(sub)}
+                bad = sorted(set(value) - sub_known)
+                if bad:
+                    raise ConfigError(f"config.{name}: unknown fields {bad}; expected a subset of {sorted(sub_known)}")
+                value = sub(**value)
+                if name == "swin":
+                    value.out_indices = tuple(value.out_indices)
+                    value.kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.kwargs.items()}
+            elif name in ("unet", "vae"):
+                value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+            elif name == "categories":
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs).validate()
+
+    @classmethod
+    def from_json(cls, text: str) -> "TWGTMConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config: expected valid JSON, got a parse error: {exc}") from exc
+        return cls.from_dict(data)
