@@ -1,0 +1,78 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from twgtm.config import TWGTMConfig, canonical_category
+from twgtm.errors import ConfigError
+from twgtm.model import TWGTMModel
+
+
+@pytest.mark.parametrize("preset", [TWGTMConfig.tiny, TWGTMConfig.full])
+def test_json_round_trip(preset):
+    cfg = preset()
+    again = TWGTMConfig.from_json(cfg.to_json())
+    assert again == cfg
+    assert json.loads(again.to_json()) == json.loads(cfg.to_json())
+
+
+def test_every_field_has_a_reason():
+    import inspect
+
+    import twgtm.config as mod
+
+    src = inspect.getsource(mod)
+    for cls in (mod.TWGTMConfig, mod.QFormerConfig, mod.TaskFormerConfig, mod.DecoderConfig, mod.SwinConfig, mod.LossConfig):
+        for f in dataclasses.fields(cls):
+            lines = [ln for ln in src.splitlines() if ln.strip().startswith(f"{f.name}:")]
+            assert lines and "#" in lines[0] or f.name in ("swin", "qformer", "taskformer", "decoder", "loss"), f.name
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(ConfigError, match="concat_dim"):
+        TWGTMConfig.tiny(concat_dim=1).validate()
+    with pytest.raises(ConfigError, match="multiples"):
+        TWGTMConfig.tiny(height=65).validate()
+    with pytest.raises(ConfigError, match="unknown fields"):
+        TWGTMConfig.from_dict({"nope": 1})
+    with pytest.raises(ConfigError, match="JSON"):
+        TWGTMConfig.from_json("{not json")
+
+
+def test_categories():
+    assert canonical_category("upper_body") == "upper"
+    assert canonical_category("Dresses") == "dress"
+    with pytest.raises(ConfigError, match="category"):
+        canonical_category("hat")
+
+
+def test_tiny_is_small():
+    torch.manual_seed(0)
+    m = TWGTMModel(TWGTMConfig.tiny(), random_prompts=True)
+    n = sum(p.numel() for p in m.parameters())
+    assert n < 5_000_000
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_full_config_parameter_counts_on_meta():
+    """The full model instantiates on the meta device with the spec's parameter counts (within 10%)."""
+    with torch.device("meta"):
+        m = TWGTMModel(TWGTMConfig.full())
+    unet_tf = sum(p.numel() for n, p in m.unet.named_parameters() if ".attentions." in n and ".processor." not in n)
+    ea = sum(p.numel() for n, p in m.unet.named_parameters() if ".processor." in n)
+    unet_base = sum(p.numel() for n, p in m.unet.named_parameters() if ".processor." not in n)
+    swin = _count(m.srm.swin)
+    expected = {  # ARCHITECTURE.md section 3
+        "unet": (unet_base, 859.5e6), "unet_transformer": (unet_tf, 267e6), "vae": (_count(m.vae), 83.7e6),
+        "clip_vision": (_count(m.sam.clip_vision), 304e6), "qformer": (_count(m.sam.qformer), 58e6),
+        "swin": (swin, 59.5e6), "srm_rest": (_count(m.srm) - swin, 2e6 + 15.5e6), "decoder": (_count(m.decoder), 5.7e6),
+        "extended_attention": (ea, 37.2e6),
+    }
+    for name, (got, want) in expected.items():
+        assert abs(got - want) / want < 0.10, f"{name}: {got / 1e6:.2f}M vs spec {want / 1e6:.1f}M"
+    trained = unet_tf + ea + _count(m.sam.qformer) + _count(m.srm) + _count(m.decoder)
+    assert abs(trained - 445e6) / 445e6 < 0.10, trained

@@ -1,0 +1,151 @@
+"""Extended Attention, stages, trainable sets and losses (ARCHITECTURE.md section 4: 5, 10, 11)."""
+import copy
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from conftest import make_tiny_model
+from twgtm.attention import ExtendedAttnProcessor, attn1_names, level_from_name
+from twgtm.config import TWGTMConfig
+from twgtm.losses import dice_loss, mask_loss
+from twgtm.model import TWGTMModel
+
+
+def batch(b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pm = torch.zeros(b, 1, 64, 48)
+    pm[:, :, 16:48, 8:40] = 1
+    gm = torch.zeros(b, 1, 64, 48)
+    gm[:, :, 8:56, 6:42] = 1
+    return dict(person=torch.rand(b, 3, 64, 48, generator=g) * 2 - 1, garment=torch.rand(b, 3, 64, 48, generator=g) * 2 - 1,
+                person_mask=pm, garment_mask=gm, category_idx=torch.arange(b) % 3)
+
+
+def unet_args(model, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 9, 8, 12, generator=g)
+    t = torch.tensor([500] * b)
+    f_sam = torch.randn(b, 5, 32, generator=g)
+    f_srm = {lvl: torch.randn(b, h * w, c, generator=g) for lvl, ((h, w), c) in
+             enumerate(zip(model.config.level_sizes(), model.config.level_channels()))}
+    return x, t, f_sam, f_srm
+
+
+def test_levels_come_from_block_names():
+    m = make_tiny_model(0, randomize_zll=False)
+    names = attn1_names(m.unet)
+    assert len(names) == 10
+    assert level_from_name("down_blocks.2.attentions.0.transformer_blocks.0.attn1.processor") == 2
+    assert level_from_name("up_blocks.1.attentions.2.transformer_blocks.0.attn1.processor") == 2
+    assert level_from_name("up_blocks.3.attentions.0.transformer_blocks.0.attn1.processor") == 0
+    assert level_from_name("mid_block.attentions.0.transformer_blocks.0.attn1.processor") == 2
+    # the tiny config repeats C=32 at levels 0 and 1: the processor level follows the name, not the width
+    procs = m.extended_attention_processors()
+    assert {p.level for n, p in procs.items() if n.startswith("down_blocks.1")} == {1}
+    assert {p.level for n, p in procs.items() if n.startswith("down_blocks.0")} == {0}
+
+
+def test_stage2_starts_bit_identical_to_stage1():
+    s1 = make_tiny_model(0, stage=1)
+    s2 = copy.deepcopy(s1)
+    s2.enable_stage2()
+    assert s1.stage == 1 and s2.stage == 2 and s1.decoder is None
+    x, t, f_sam, f_srm = unet_args(s1)
+    with torch.no_grad():
+        a = s1.predict_noise(x, t, f_sam)
+        b = s2.predict_noise(x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2))
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(a, b)
+
+
+def test_gate_zero_equals_plain_sdpa():
+    m = make_tiny_model(0)  # ZLL randomised: the branch is active when the gate is on
+    x, t, f_sam, f_srm = unet_args(m)
+    plain = copy.deepcopy(m)
+    plain.unet.set_attn_processor(AttnProcessor2_0())
+    with torch.no_grad():
+        ref = plain.unet(x, t, encoder_hidden_states=f_sam).sample
+        off = m.predict_noise(x, t, f_sam, f_srm=f_srm, srm_gate=torch.zeros(2))
+        on = m.predict_noise(x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2))
+    assert torch.allclose(off, ref, atol=1e-6)
+    assert (on - ref).abs().max() > 1e-4
+
+
+def test_precomputed_kv_and_conditional_rows_match_naive_path():
+    m = make_tiny_model(0)
+    x, t, f_sam, f_srm = unet_args(m, b=4)
+    cond_srm = {k: v[2:] for k, v in f_srm.items()}
+    with torch.no_grad():
+        naive = m.predict_noise(x, t, f_sam, f_srm={k: torch.cat([v[2:], v[2:]]) for k, v in f_srm.items()},
+                                srm_gate=torch.tensor([0.0, 0.0, 1.0, 1.0]))
+        fast = m.predict_noise(x, t, f_sam, srm_kv=m.precompute_srm_kv(cond_srm), srm_gate=1.0, srm_rows=slice(2, 4))
+    assert torch.allclose(naive, fast, atol=1e-5)
+
+
+def test_zll_learns_and_decoder_grad_zero_at_step0():
+    m = make_tiny_model(0, stage=1)
+    m.enable_stage2()
+    m.train()
+    groups = m.parameter_groups()
+    opt = torch.optim.AdamW(groups)
+    sched = DDPMScheduler.from_config(m.config.scheduler)
+    out = m.compute_loss(batch(), sched, generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in m.decoder.parameters())
+    zll = [p.zll.weight for p in m.extended_attention_processors().values()]
+    assert any(torch.count_nonzero(w.grad) > 0 for w in zll)
+    opt.step()
+    assert any(torch.count_nonzero(w) > 0 for w in zll)
+
+
+def test_trainable_sets_per_stage():
+    m = make_tiny_model(0, stage=1)
+    names1 = {g["name"] for g in m.parameter_groups()}
+    assert names1 == {"unet_transformer", "qformer", "swin", "srm"}
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("vae.", "sam.clip_vision.")) for n in trainable)
+    assert not any(n.startswith("unet.conv_in") or ".resnets." in n or "time_embedding" in n or "conv_out" in n
+                   for n in trainable)
+    assert not any(".processor." in n or n.startswith("decoder.") for n in trainable)
+    m.enable_stage2()
+    groups = {g["name"]: g for g in m.parameter_groups()}
+    trainable2 = {n for n, p in m.named_parameters() if p.requires_grad}
+    added = trainable2 - trainable
+    assert added and all(n.startswith("decoder.") or ".processor." in n for n in added)
+    assert {n for n in added if ".processor." in n} == {n for n, _ in m.unet.named_parameters(prefix="unet") if ".processor." in n}
+    assert groups["extended_attention"]["lr"] == 1e-4 and groups["unet_transformer"]["lr"] == 1e-5
+
+
+def test_losses():
+    logits = torch.randn(3, 1, 16, 12)
+    y = (torch.rand(3, 1, 16, 12) > 0.5).float()
+    d = dice_loss(logits, y)
+    assert d.shape == (3,) and bool(((d >= 0) & (d <= 1)).all())
+    perfect = (y * 40 - 20)
+    assert mask_loss([perfect, perfect], y, torch.ones(3, dtype=torch.bool)) < 1e-6 + 1e-3
+    assert mask_loss([logits], y, torch.zeros(3, dtype=torch.bool)) == 0
+
+
+def test_compute_loss_stage_rules():
+    sched = DDPMScheduler.from_config(TWGTMConfig.tiny().scheduler)
+    s1 = make_tiny_model(0, stage=1)
+    out = s1.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1), vtoff_prob=1.0)
+    assert out["mask"] > 0 and torch.allclose(out["loss"], out["diffusion"] + out["mask"])
+    out = s1.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1), vtoff_prob=0.0)
+    assert out["mask"] == 0, "L_mask = 0 for an all-VTON batch"
+    s2 = make_tiny_model(0, stage=2)
+    out = s2.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out["loss"], out["diffusion"]), "stage-2 loss is the diffusion MSE"
+    again = s2.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out["loss"], again["loss"]), "same generator, same loss"
+
+
+def test_model_runs_in_bf16():
+    m = make_tiny_model(0).to(torch.bfloat16)
+    x, t, f_sam, f_srm = unet_args(m)
+    with torch.no_grad():
+        out = m.predict_noise(x.bfloat16(), t, f_sam.bfloat16(), f_srm={k: v.bfloat16() for k, v in f_srm.items()},
+                              srm_gate=1.0)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

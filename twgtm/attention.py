@@ -1,0 +1,204 @@
+"""UNet attention processors: plain SDPA and the Extended Attention Block (eq. 13).
+
+``F_fused = SelfAttn(Q, K, V) + gate * ZLL(CrossAttn(Q, K', V'))`` with ``K', V'`` projected from the
+Spatial Refinement Module features of the processor's level, ZLL a zero-initialised Linear(C, C).
+
+Extra features reach the processors through ``unet(..., cross_attention_kwargs=...)``; diffusers
+forwards those kwargs to every ``attn1`` and ``attn2`` and silently drops names a processor's
+``__call__`` does not declare, so both processors declare all of them:
+
+* ``srm``: ``{level: (Bs, T_l, C_l)}`` decoder features, or ``None`` (stage 1 / branch off);
+* ``srm_gate``: float or (Bs,) tensor; 0 turns the branch off for a sample (CFG unconditional);
+* ``srm_rows``: a ``slice`` of the UNet batch the ``Bs`` SRM rows belong to (default: all rows).
+  With batched CFG ``[uncond, cond]`` the pipeline passes the conditional rows only, so the
+  unconditional half (gate 0) costs no Extended-Attention work;
+* ``srm_kv``: ``{processor_name: (K', V')}`` projections computed once per call (they do not depend
+  on the timestep); when absent the processor projects ``srm[level]`` itself.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ATTN1_SUFFIX = ".attn1.processor"
+
+
+def level_from_name(name: str) -> int:
+    """Attention level of a UNet processor from its block name (never from the channel count).
+
+    ``down_blocks.i`` -> i, ``up_blocks.j`` -> 3 - j, ``mid_block`` -> 2.
+    """
+    if m := re.match(r"down_blocks\.(\d+)\.", name):
+        return int(m.group(1))
+    if m := re.match(r"up_blocks\.(\d+)\.", name):
+        return 3 - int(m.group(1))
+    if name.startswith("mid_block."):
+        return 2
+    raise ValueError(f"processor name: expected down_blocks.i / up_blocks.j / mid_block, got {name!r}")
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, t, c = x.shape
+    return x.view(b, t, heads, c // heads).transpose(1, 2)  # (B, heads, T, c/heads)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)  # (B, T, C)
+
+
+def _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+    """diffusers ``AttnProcessor2_0`` logic, returning the projected output and the query heads."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        b4, c4, h4, w4 = hidden_states.shape
+        hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
+    batch_size, seq_len, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch_size)
+        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    value = attn.to_v(encoder_hidden_states)
+    q, k, v = _heads(query, attn.heads), _heads(key, attn.heads), _heads(value, attn.heads)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+    out = _merge(out).to(query.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+
+    def finish(x: torch.Tensor) -> torch.Tensor:
+        if input_ndim == 4:
+            x = x.transpose(-1, -2).reshape(b4, c4, h4, w4)
+        if attn.residual_connection:
+            x = x + residual
+        return x / attn.rescale_output_factor
+
+    return out, q, finish
+
+
+class TWGTMAttnProcessor:
+    """Plain SDPA attention (``AttnProcessor2_0``) that accepts and ignores the SRM kwargs.
+
+    Used for every ``attn2`` (cross-attention to F_SAM) and for ``attn1`` in stage 1.
+    """
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 srm=None, srm_gate=None, srm_rows=None, srm_kv=None):
+        out, _, finish = _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return finish(out)
+
+
+class ExtendedAttnProcessor(nn.Module):
+    """Extended Attention for one ``attn1`` (eq. 13), IP-Adapter-style processor with its own weights.
+
+    Differences from ``IPAdapterAttnProcessor2_0``: ``to_out`` is not applied to the cross branch (the
+    zero-initialised ZLL replaces it), and the fixed ``scale`` becomes that learned layer.
+    """
+
+    def __init__(self, hidden_size: int, level: int, name: str = ""):
+        super().__init__()
+        self.level = level
+        self.name = name
+        self.to_k_srm = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.to_v_srm = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.zll = nn.Linear(hidden_size, hidden_size)
+        nn.init.zeros_(self.zll.weight)
+        nn.init.zeros_(self.zll.bias)
+
+    @torch.no_grad()
+    def init_from(self, attn) -> None:
+        """K'/V' start as copies of ``attn.to_k`` / ``attn.to_v`` (gap #21)."""
+        self.to_k_srm.weight.copy_(attn.to_k.weight)
+        self.to_v_srm.weight.copy_(attn.to_v.weight)
+
+    def project(self, srm_feature: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K', V' heads for one level's features (Bs, T, C) -> (Bs, heads, T, C/heads)."""
+        return _heads(self.to_k_srm(srm_feature), heads), _heads(self.to_v_srm(srm_feature), heads)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 srm=None, srm_gate=None, srm_rows=None, srm_kv=None):
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                srm, srm_gate, srm_rows, srm_kv)
+
+    def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                srm=None, srm_gate=None, srm_rows=None, srm_kv=None):
+        out, q, finish = _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        kv = srm_kv.get(self.name) if srm_kv else None
+        if kv is None and srm is None:
+            return finish(out)
+        if isinstance(srm_gate, (int, float)) and srm_gate == 0:
+            return finish(out)
+        if kv is None:
+            kv = self.project(srm[self.level].to(q.dtype), attn.heads)
+        k2, v2 = kv
+        rows = srm_rows if srm_rows is not None else slice(None)
+        q_rows = q[rows]  # (Bs, heads, T, d)
+        if k2.shape[0] != q_rows.shape[0]:
+            raise ValueError(f"srm features: expected batch {q_rows.shape[0]} (rows {rows}), got {k2.shape[0]}")
+        cross = self.zll(_merge(F.scaled_dot_product_attention(q_rows, k2.to(q.dtype), v2.to(q.dtype))))
+        if srm_gate is not None and not isinstance(srm_gate, (int, float)):
+            cross = cross * srm_gate.to(cross.dtype).view(-1, 1, 1)
+        elif srm_gate is not None:
+            cross = cross * srm_gate
+        if srm_rows is None:
+            out = out + cross
+        else:
+            start = rows.start or 0
+            stop = out.shape[0] if rows.stop is None else rows.stop
+            out = torch.cat([out[:start], out[start:stop] + cross, out[stop:]])
+        return finish(out)
+
+
+def attn1_names(unet) -> list[str]:
+    """Processor names of every self-attention (``attn1``) in the UNet, in module order."""
+    return [n for n in unet.attn_processors if n.endswith(ATTN1_SUFFIX)]
+
+
+def set_plain_processors(unet) -> None:
+    """Stage 1: SDPA everywhere, Extended Attention absent."""
+    unet.set_attn_processor({name: TWGTMAttnProcessor() for name in unet.attn_processors})
+
+
+def add_extended_attention(unet) -> dict[str, ExtendedAttnProcessor]:
+    """Stage 2: every ``attn1`` becomes an :class:`ExtendedAttnProcessor` (K'/V' copied from to_k/to_v,
+    ZLL zero), so the UNet output is bit-identical to stage 1 until ZLL is trained."""
+    procs = {}
+    modules = dict(unet.named_modules())
+    for name in unet.attn_processors:
+        if name.endswith(ATTN1_SUFFIX):
+            attn = modules[name[: -len(".processor")]]
+            p = ExtendedAttnProcessor(attn.to_q.out_features, level_from_name(name), name=name)
+            p.init_from(attn)
+            p.to(device=attn.to_q.weight.device, dtype=attn.to_q.weight.dtype)
+            procs[name] = p
+    unet.set_attn_processor({n: procs.get(n, TWGTMAttnProcessor()) for n in unet.attn_processors})
+    return procs
+
+
+def extended_processors(unet) -> dict[str, ExtendedAttnProcessor]:
+    return {n: p for n, p in unet.attn_processors.items() if isinstance(p, ExtendedAttnProcessor)}
+
+
+def precompute_srm_kv(unet, srm: dict[int, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """K'/V' for every Extended Attention processor, once per call (they do not depend on t)."""
+    modules = dict(unet.named_modules())
+    out = {}
+    for name, proc in extended_processors(unet).items():
+        attn = modules[name[: -len(".processor")]]
+        out[name] = proc.project(srm[proc.level].to(attn.to_q.weight.dtype), attn.heads)
+    return out

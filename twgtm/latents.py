@@ -1,0 +1,225 @@
+"""Latent-space processing (paper section "Processing in Latent Space", spec 1.1).
+
+Conventions (ARCHITECTURE.md section 0):
+
+* pixels in [-1, 1]; masked pixels are 0; "white" is +1;
+* region masks use SD-inpainting polarity: **1 = generate**, 0 = keep;
+* the generated (target) half comes first, the reference half second, along ``concat_dim``
+  (-1 = width, the paper's ``3 x H x 2W``; -2 = height, as CatVTON);
+* UNet input channel order is ``[z_t, m, E(h_f)]`` (4 + 1 + 4 = 9).
+
+Every one of the six cases of the spec is the same construction with a different target, region
+and reference, so it lives in one function, :func:`build_condition`:
+
+======================================  ==================  ==================  ===========
+case                                    target pixels       region R (1 = gen)  reference
+======================================  ==================  ==================  ===========
+VTON train / inference                  person x            agnostic mask M     garment c
+VTOFF stage 1                           garment c           flat mask M_c       person x
+VTOFF stage 2                           garment c           square mask R       person x
+VTOFF inference, mask-free (default)    white canvas        ones                person x
+VTOFF inference, rectangle (Mask2BBox)  white canvas        box R               person x
+======================================  ==================  ==================  ===========
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Encode = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LatentCondition:
+    """The step-independent parts of the UNet input, both halves joined."""
+
+    guidance: torch.Tensor  # E(h_f): (B, 4, h, 2w) for concat_dim=-1
+    mask: torch.Tensor      # m: (B, 1, h, 2w), reference half always 0
+    z0: torch.Tensor | None = None  # clean latent [E(target), E(reference)], training only
+
+
+def concat_halves(target: torch.Tensor, reference: torch.Tensor, concat_dim: int) -> torch.Tensor:
+    """Join the generated half (first) and the reference half (second)."""
+    return torch.cat([target, reference], dim=concat_dim)
+
+
+def split_halves(x: torch.Tensor, concat_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`concat_halves`: (target half, reference half)."""
+    size = x.shape[concat_dim] // 2
+    a, b = x.split(size, dim=concat_dim)
+    return a, b
+
+
+def mask_to_latent(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a binary pixel mask (B, 1, H, W) to latent size (B, 1, h, w)."""
+    return F.interpolate(mask.float(), size=size, mode="nearest")
+
+
+def build_condition(
+    target: torch.Tensor,
+    reference: torch.Tensor,
+    region: torch.Tensor,
+    encode: Encode,
+    *,
+    concat_dim: int = -1,
+    with_z0: bool = False,
+    encoded_reference: torch.Tensor | None = None,
+) -> LatentCondition:
+    """Build ``E(h_f)``, ``m`` (and ``z0`` for training) for any of the six cases.
+
+    Args:
+        target: (B, 3, H, W) in [-1, 1], the half to generate (person for VTON, garment or white
+            canvas for VTOFF).
+        reference: (B, 3, H, W) in [-1, 1], the conditioning image (garment for VTON, person for VTOFF).
+        region: (B, 1, H, W) binary, 1 where the target is generated.
+        encode: pixels -> scaled latents, e.g. ``lambda x: vae.encode(x).latent_dist.sample() * 0.18215``.
+        concat_dim: -1 (width) or -2 (height).
+        with_z0: also return the clean concatenated latent ``[E(target), E(reference)]``.
+        encoded_reference: ``E(reference)`` when the caller already has it (saves one VAE pass).
+    """
+    region = (region > 0.5).to(target.dtype)                      # (B, 1, H, W), exactly binary
+    masked_target = target * (1.0 - region)                      # masked pixels are exactly 0
+    e_ref = encode(reference) if encoded_reference is None else encoded_reference  # (B, 4, h, w)
+    e_masked = encode(masked_target)
+    h, w = e_ref.shape[-2:]
+    m_half = mask_to_latent(region, (h, w)).to(e_ref.dtype)      # (B, 1, h, w)
+    guidance = concat_halves(e_masked, e_ref, concat_dim)         # (B, 4, h, 2w)
+    mask = concat_halves(m_half, torch.zeros_like(m_half), concat_dim)  # (B, 1, h, 2w)
+    z0 = concat_halves(encode(target), e_ref, concat_dim) if with_z0 else None
+    return LatentCondition(guidance=guidance, mask=mask, z0=z0)
+
+
+def unet_input(z_t: torch.Tensor, cond: LatentCondition) -> torch.Tensor:
+    """Channel-wise ``[z_t, m, E(h_f)]``: (B, 9, h, 2w)."""
+    return torch.cat([z_t, cond.mask.to(z_t.dtype), cond.guidance.to(z_t.dtype)], dim=1)
+
+
+def unconditional(cond: LatentCondition, concat_dim: int) -> LatentCondition:
+    """CFG unconditional branch: the reference half of ``E(h_f)`` is exactly 0; ``m`` is shared."""
+    tgt, ref = split_halves(cond.guidance, concat_dim)
+    return LatentCondition(guidance=concat_halves(tgt, torch.zeros_like(ref), concat_dim), mask=cond.mask, z0=cond.z0)
+
+
+def target_half(latents: torch.Tensor, concat_dim: int) -> torch.Tensor:
+    """Output crop: only the generated half goes to the VAE decoder (CatVTON ``split(...)[0]``)."""
+    return split_halves(latents, concat_dim)[0]
+
+
+def white_canvas(like: torch.Tensor) -> torch.Tensor:
+    """The VTOFF inference target: a white catalogue canvas (+1) shaped like ``like``."""
+    return torch.ones_like(like)
+
+
+# --------------------------------------------------------------------------------------------
+# masks: morphology, boxes (stage-2 sampler and Mask2BBox)
+# --------------------------------------------------------------------------------------------
+def dilate(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Square-kernel dilation with max-pooling; ``k`` odd."""
+    if k <= 1:
+        return mask
+    return F.max_pool2d(mask, kernel_size=k, stride=1, padding=k // 2)
+
+
+def erode(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Square-kernel erosion: ``-maxpool(-x)``."""
+    if k <= 1:
+        return mask
+    return -F.max_pool2d(-mask, kernel_size=k, stride=1, padding=k // 2)
+
+
+def mask_to_box(mask: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
+    """Mask2BBox: the bounding box of each mask (B, 1, H, W) grown by ``margin`` x its size.
+
+    An empty mask gives an empty box (all zeros); the caller decides what that means.
+    """
+    b, _, hgt, wid = mask.shape
+    out = torch.zeros_like(mask, dtype=torch.float32)
+    fg = mask[:, 0] > 0.5
+    for i in range(b):
+        ys = torch.nonzero(fg[i].any(dim=1)).flatten()
+        xs = torch.nonzero(fg[i].any(dim=0)).flatten()
+        if ys.numel() == 0:
+            continue
+        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        dy, dx = round((y1 - y0) * margin), round((x1 - x0) * margin)
+        out[i, 0, max(0, y0 - dy):min(hgt, y1 + dy), max(0, x0 - dx):min(wid, x1 + dx)] = 1.0
+    return out.to(mask.dtype)
+
+
+def largest_component(mask: torch.Tensor) -> torch.Tensor:
+    """Keep the largest 4-connected component of each binary mask (B, 1, H, W).
+
+    Label propagation by iterated max-pooling of pixel indices: pure torch, no compiled deps.
+    """
+    b, _, hgt, wid = mask.shape
+    fg = mask > 0.5
+    idx = torch.arange(1, hgt * wid + 1, device=mask.device, dtype=torch.float32).view(1, 1, hgt, wid)
+    labels = torch.where(fg, idx.expand(b, -1, -1, -1), torch.zeros((), device=mask.device))
+    while True:  # labels only grow and are bounded, so this converges
+        # 4-connectivity: max over the cross-shaped neighbourhood only
+        cross = torch.maximum(
+            torch.maximum(F.pad(labels, (0, 0, 1, 0))[..., :-1, :], F.pad(labels, (0, 0, 0, 1))[..., 1:, :]),
+            torch.maximum(F.pad(labels, (1, 0))[..., :, :-1], F.pad(labels, (0, 1))[..., :, 1:]),
+        )
+        new = torch.where(fg, torch.maximum(labels, cross), labels)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    out = torch.zeros_like(mask)
+    for i in range(b):
+        lab = labels[i, 0][fg[i, 0]]
+        if lab.numel() == 0:
+            continue
+        values, counts = torch.unique(lab, return_counts=True)
+        keep = values[counts.argmax()]
+        out[i, 0] = (labels[i, 0] == keep).to(mask.dtype)
+    return out
+
+
+def _odd(x: float) -> int:
+    k = max(1, int(round(x)))
+    return k if k % 2 == 1 else k + 1
+
+
+def sample_square_region(
+    garment_mask: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    p_box: float = 0.5,
+    p_full: float = 0.1,
+    erode_range: tuple[int, int] = (1, 15),
+    dilate_range: tuple[int, int] = (33, 129),
+    reference_height: int = 1024,
+) -> torch.Tensor:
+    """Stage-2 "square-shaped" inpainting region R per sample (spec 1.1, gap #29).
+
+    ``R = dilate_sq(erode_sq(M_c, k_e), k_d) | M_c``; with probability ``p_box`` R becomes its
+    bounding box and with ``p_full`` the whole canvas (the full-canvas share covers mask-free
+    inference). Kernel sizes are given at 1024 px and scaled to the mask height; they stay odd.
+    """
+    b, _, hgt, _ = garment_mask.shape
+    scale = hgt / reference_height
+    m = (garment_mask > 0.5).float()
+    out = []
+    for i in range(b):
+        r = torch.rand(3, generator=generator)
+        mi = m[i:i + 1]
+        if r[0] < p_full:
+            out.append(torch.ones_like(mi))
+            continue
+        ke = erode_range[0] + 2 * int(r[1] * ((erode_range[1] - erode_range[0]) // 2 + 1))
+        kd = dilate_range[0] + 2 * int(r[2] * ((dilate_range[1] - dilate_range[0]) // 2 + 1))
+        ke, kd = _odd(min(ke, erode_range[1]) * scale), _odd(min(kd, dilate_range[1]) * scale)
+        region = torch.maximum(dilate(erode(mi, ke), kd), mi)
+        if torch.rand(1, generator=generator) < p_box / max(1e-8, 1.0 - p_full):
+            region = torch.maximum(mask_to_box(region, margin=0.0), mi)
+        out.append(region)
+    return torch.cat(out).to(garment_mask.dtype)
+
+
+def latent_hw(height: int, width: int, factor: int) -> tuple[int, int]:
+    return math.ceil(height / factor), math.ceil(width / factor)
