@@ -1,0 +1,1 @@
+"""Training, data and evaluation tools for TWGTM (imports twgtm; twgtm never imports this)."""
