@@ -149,6 +149,7 @@ def test_input_conversions(pipe, images):
     (dict(category="hat"), "category"),
     (dict(category=["upper", "lower", "dress"]), "category: expected one category or 2"),
     (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(num_inference_steps=1000), r"num_inference_steps: expected an int in \[1, 999\]"),
     (dict(guidance_scale=0.5), "guidance_scale"),
     (dict(scheduler="plms"), "scheduler"),
     (dict(generator="seed"), "generator"),

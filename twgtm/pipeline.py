@@ -86,8 +86,9 @@ class TWGTMPipeline:
         return torch.tensor(idx, dtype=torch.long, device=self.model.device)
 
     def _check_options(self, steps: int, guidance_scale: float, strength: float) -> None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or steps > 1000:
-            raise InputError(f"num_inference_steps: expected an int in [1, 1000], got {steps!r}")
+        max_steps = int(self.config.scheduler["num_train_timesteps"]) - int(self.config.scheduler.get("steps_offset", 0))
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or steps > max_steps:
+            raise InputError(f"num_inference_steps: expected an int in [1, {max_steps}], got {steps!r}")
         if not (guidance_scale >= 1.0) or guidance_scale != guidance_scale or guidance_scale > 100:
             raise InputError(f"guidance_scale: expected a float in [1, 100] (1 disables CFG), got {guidance_scale!r}")
         if not (0.0 < strength <= 1.0):

@@ -273,6 +273,8 @@ def load_clip_vision(source: str, cfg: TWGTMConfig):
         return CLIPVisionModelWithProjection.from_pretrained(str(p), local_files_only=True, attn_implementation="sdpa")
     model = build_clip_vision(cfg)
     sd = _read_state_file(p)
+    if any(k.startswith("text_model.") for k in sd):  # a full CLIP file: keep the image tower
+        sd = {k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:

@@ -1,0 +1,71 @@
+"""Try-on and try-off conditioning: images and masks in ComfyUI layout -> TWGTM_CONDITIONING.
+
+The nodes only convert layouts and bundle the inputs; the TWGTM Sampler runs the model. Sizes do not
+have to match: the library fits every image to the model canvas (aspect kept) and resizes masks.
+"""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .common import (CATEGORY_OPTIONS, CATEGORY_TOOLTIP, NODE_CATEGORY, TRY_OFF, TRY_ON, TWGTMConditioning,
+                     TWGTMConditioningWire, check_category, image_to_bchw, mask_to_b1hw)
+
+
+class TWGTMTryOnConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TWGTMTryOnConditioning",
+            display_name="TWGTM Try-On Conditioning",
+            category=NODE_CATEGORY,
+            description="Dress the person in the garment, inside the mask. Pixels outside the mask are kept.",
+            inputs=[
+                io.Image.Input("person", tooltip="Person photo(s); a batch dresses every person."),
+                io.Image.Input("garment", tooltip="In-shop garment image on a plain background. One garment is "
+                                                  "used for every person; or one per person."),
+                io.Mask.Input("mask", tooltip="Region to dress on the person (1 = repaint), e.g. from a "
+                                              "segmentation node or the mask editor. Resized to the person."),
+                io.Combo.Input("category", options=CATEGORY_OPTIONS, default="upper", tooltip=CATEGORY_TOOLTIP),
+                io.Boolean.Input("paste_back", default=True,
+                                 tooltip="Copy every pixel outside the mask from the person photo, so face, "
+                                         "hands and background stay exactly as they were."),
+            ],
+            outputs=[TWGTMConditioningWire.Output(display_name="conditioning",
+                                                  tooltip="Try-on task for the TWGTM Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, person, garment, mask, category, paste_back=True) -> io.NodeOutput:
+        cond = TWGTMConditioning(task=TRY_ON, person=image_to_bchw(person, "person"),
+                                 category=check_category(category), garment=image_to_bchw(garment, "garment"),
+                                 mask=mask_to_b1hw(mask, "mask"), paste_back=bool(paste_back))
+        return io.NodeOutput(cond)
+
+
+class TWGTMTryOffConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TWGTMTryOffConditioning",
+            display_name="TWGTM Try-Off Conditioning",
+            category=NODE_CATEGORY,
+            description="Take the garment off the person and render it as a flat catalogue image. Needs no mask.",
+            inputs=[
+                io.Image.Input("person", tooltip="Dressed person photo(s); a batch gives one garment per person."),
+                io.Combo.Input("category", options=CATEGORY_OPTIONS, default="upper",
+                               tooltip=CATEGORY_TOOLTIP + " Selects which garment is taken off."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional region of the garment on the output canvas (a rectangle, or a "
+                                      "garment silhouette such as TWGTM Garment Mask -> TWGTM Mask to Box); it "
+                                      "fixes the garment's proportions. Unconnected: the whole canvas (mask-free)."),
+            ],
+            outputs=[TWGTMConditioningWire.Output(display_name="conditioning",
+                                                  tooltip="Try-off task for the TWGTM Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, person, category, mask=None) -> io.NodeOutput:
+        cond = TWGTMConditioning(task=TRY_OFF, person=image_to_bchw(person, "person"),
+                                 category=check_category(category),
+                                 mask=None if mask is None else mask_to_b1hw(mask, "mask"))
+        return io.NodeOutput(cond)

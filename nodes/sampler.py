@@ -1,0 +1,122 @@
+"""TWGTM Sampler: model + conditioning -> IMAGE (+ MASK). Runs the library's concatenated-latent loop.
+
+Before sampling, ComfyUI's model management loads the model onto the GPU (``load_models_gpu``), freeing
+other models if needed. Every denoising step reports progress (``comfy.utils.ProgressBar``) and checks
+ComfyUI's interrupt flag; an interrupt raises out of the loop, and since the pipeline keeps no state
+between calls the model stays usable for the next run.
+"""
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..twgtm.errors import InputError
+from .common import (TRY_OFF, TRY_ON, NODE_CATEGORY, TWGTMConditioning, TWGTMConditioningWire, TWGTMModelWire,
+                     b1hw_to_mask, bchw_to_image)
+
+# The names TWGTMPipeline accepts (twgtm.pipeline.SCHEDULERS); repeated here so that building the node
+# list does not import diffusers. tests/test_nodes.py checks that both lists agree.
+SCHEDULERS = ["ddim", "dpm++", "euler", "ddpm"]
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+# DDIM with the SD schedule (1000 training steps, steps_offset 1) indexes past its table at 1000 steps
+MAX_STEPS = 500
+
+
+def inference_memory(config, batch: int, guidance_scale: float, dtype: torch.dtype) -> int:
+    """Bytes to keep free on the GPU for activations, from ComfyUI's own SD1.5 estimates.
+
+    UNet: ``model_base.memory_required`` (area x dtype size x 0.01 MiB) over the CFG batch of concatenated
+    latents. VAE: the SD AutoencoderKL decode estimate from ``comfy.sd.VAE``, one image at a time.
+    """
+    h, w = config.latent_size
+    size = 2 if dtype in (torch.float16, torch.bfloat16) else 4
+    area = batch * (2 if guidance_scale > 1.0 else 1) * h * (2 * w)
+    unet = area * size * 0.01 * 1024 * 1024
+    vae = 2178 * h * w * 64 * size
+    return int(max(unet, vae))
+
+
+def progress_callback(total: int):
+    """``callback(step, total, latents)`` for the pipeline: progress bar + ComfyUI's interrupt check."""
+    pbar = comfy.utils.ProgressBar(total)
+
+    def callback(step: int, steps: int, _latents: torch.Tensor) -> None:
+        pbar.update_absolute(step, steps)
+        mm.throw_exception_if_processing_interrupted()
+
+    return callback
+
+
+def prepare_model(handle, batch: int, guidance_scale: float):
+    """Let ComfyUI put the model on its load device; returns the TWGTMModel."""
+    memory = inference_memory(handle.config, batch, guidance_scale, handle.dtype)
+    # force_full_load: TWGTM modules are plain torch modules (no comfy.ops weight casting), so they
+    # must be entirely on one device
+    mm.load_models_gpu([handle.patcher], memory_required=memory, force_full_load=True)
+    return handle.model
+
+
+class TWGTMSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TWGTMSampler",
+            display_name="TWGTM Sampler",
+            category=NODE_CATEGORY,
+            description="Runs TWGTM for a try-on or try-off conditioning. Try-on returns the dressed person at "
+                        "its own size; try-off returns the flat garment at the model's size.",
+            inputs=[
+                TWGTMModelWire.Input("model", tooltip="From TWGTM Model Loader."),
+                TWGTMConditioningWire.Input("conditioning",
+                                            tooltip="From TWGTM Try-On Conditioning or TWGTM Try-Off Conditioning."),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="Random seed of the starting noise; the same seed gives the same image."),
+                io.Int.Input("steps", default=30, min=1, max=MAX_STEPS,
+                             tooltip="Denoising steps; 30 to 50 are typical."),
+                io.Float.Input("cfg", default=2.5, min=1.0, max=20.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale; 1 disables guidance (twice as fast), "
+                                       "2 to 3 are typical."),
+                io.Combo.Input("scheduler", options=SCHEDULERS, default="ddim",
+                               tooltip="Sampler: ddim (the paper's, eta 1), dpm++ (2M, good at fewer steps), "
+                                       "euler or ddpm."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="1 starts from pure noise; lower values keep more of the input inside "
+                                       "the region (the person for try-on, the white canvas for try-off)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image",
+                                tooltip="Try-on: the dressed person, at the person's size. Try-off: the flat "
+                                        "garment on white, at the model's size (3:4)."),
+                io.Mask.Output(display_name="mask",
+                               tooltip="Try-off: the predicted flat-garment mask (probabilities). "
+                                       "Try-on: the region that was dressed."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning: TWGTMConditioning, seed: int, steps: int, cfg: float,
+                scheduler: str, denoise: float) -> io.NodeOutput:
+        from ..twgtm.images import as_mask_batch
+        from ..twgtm.pipeline import TWGTMPipeline
+
+        if scheduler not in SCHEDULERS:
+            raise InputError(f"scheduler: expected one of {SCHEDULERS}, got {scheduler!r}")
+        if not isinstance(conditioning, TWGTMConditioning):
+            raise InputError("conditioning: expected the output of a TWGTM conditioning node, "
+                             f"got {type(conditioning).__name__}")
+        net = prepare_model(model, conditioning.batch_size, cfg)
+        pipe = TWGTMPipeline(net)
+        options = dict(num_inference_steps=int(steps), guidance_scale=float(cfg), generator=int(seed),
+                       scheduler=scheduler, strength=float(denoise), callback=progress_callback(int(steps)))
+        out_device = mm.intermediate_device()
+        c = conditioning
+        if c.task == TRY_ON:
+            out = pipe.try_on(c.person, c.garment, c.mask, c.category, paste_back=c.paste_back, **options)
+            region = as_mask_batch(c.mask, "mask", tuple(c.person.shape[-2:]), c.batch_size)  # (B, 1, H, W)
+            return io.NodeOutput(bchw_to_image(out.images, out_device), b1hw_to_mask(region, out_device))
+        if c.task == TRY_OFF:
+            out = pipe.try_off(c.person, c.category, c.mask, **options)
+            return io.NodeOutput(bchw_to_image(out.images, out_device), b1hw_to_mask(out.garment_mask, out_device))
+        raise InputError(f"conditioning.task: expected {TRY_ON!r} or {TRY_OFF!r}, got {c.task!r}")

@@ -1,0 +1,268 @@
+"""The pack inside a real, headless ComfyUI (CPU). Skipped unless COMFYUI_DIR points to a ComfyUI checkout.
+
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/venv/bin/python pytest -q tests/test_comfyui_live.py
+
+``COMFYUI_PYTHON`` is a Python with ComfyUI's requirements and this pack's (default: the one running
+pytest). See shared/tools/comfyhost/README.md for a CPU set-up. The server gets a scratch base directory
+(``--base-directory``) holding a symlink to this pack in ``custom_nodes/``, a tiny random TWGTM checkpoint
+under the example file name in ``models/twgtm/`` and the example inputs in ``input/``. Unless
+``OMP_NUM_THREADS`` is set, the server runs single-threaded (the tiny model is fastest that way).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_stubs  # noqa: E402
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these tests")
+
+WORKFLOWS = comfy_stubs.PACK_ROOT / "workflows"
+INPUTS = WORKFLOWS / "example_inputs"
+NAMES = ["twgtm_try_on", "twgtm_try_off", "twgtm_round_trip"]
+PACK_LINK = "ComfyUI-TWGTM"
+EXAMPLE_CHECKPOINT = "twgtm_synthetic_tiny.safetensors"  # nodes/loader.py EXAMPLE_CHECKPOINT
+NOT_TWGTM = "sd15_inpainting.safetensors"
+
+
+# ----------------------------------------------------------------------------- server
+def _http(method: str, url: str, body=None, timeout: float = 30):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+class Server:
+    def __init__(self, base: Path, url: str, proc: subprocess.Popen, log: Path):
+        self.base, self.url, self.proc, self.log = base, url, proc, log
+
+    def get(self, path: str):
+        return _http("GET", self.url + path)
+
+    def submit(self, prompt: dict):
+        return _http("POST", self.url + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert self.proc.poll() is None, "ComfyUI died:\n" + self.log.read_text()[-4000:]
+            status, hist = self.get(f"/history/{prompt_id}")
+            if status == 200 and prompt_id in hist and hist[prompt_id]["status"].get("completed") is not None:
+                return hist[prompt_id]
+            time.sleep(0.25)
+        _http("POST", self.url + "/interrupt", {})
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+    def run(self, prompt: dict, timeout: float = 600) -> dict:
+        status, resp = self.submit(prompt)
+        assert status == 200, f"/prompt rejected the workflow: {json.dumps(resp, indent=1)[:3000]}"
+        return self.wait(resp["prompt_id"], timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_models(base: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from twgtm.config import TWGTMConfig
+    from twgtm.model import TWGTMModel
+    from twgtm.weights import save_twgtm
+
+    torch.manual_seed(0)
+    save_twgtm(TWGTMModel(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / EXAMPLE_CHECKPOINT,
+               include_base=True)
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 9, 3, 3)},
+              str(base / "models" / "twgtm" / NOT_TWGTM))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfyui_base")
+    for sub in ("custom_nodes", "input", "output", "temp", "user", "models/twgtm"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PACK_LINK).symlink_to(comfy_stubs.PACK_ROOT, target_is_directory=True)
+    for png in INPUTS.glob("*.png"):
+        (base / "input" / png.name).write_bytes(png.read_bytes())
+    _make_models(base)
+    port = _free_port()
+    log = base / "server.log"
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+           "--port", str(port), "--base-directory", str(base), "--disable-auto-launch",
+           "--database-url", "sqlite:///:memory:"]
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    srv = Server(base, f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, "ComfyUI exited during start-up:\n" + log.read_text()[-4000:]
+            try:
+                if srv.get("/system_stats")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "ComfyUI did not start:\n" + log.read_text()[-4000:]
+            time.sleep(0.5)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def info(server) -> dict:
+    status, data = server.get("/object_info")
+    assert status == 200
+    return data
+
+
+def load(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def saved_files(server: Server, entry: dict) -> dict[str, list[Path]]:
+    out = {}
+    for node_id, outputs in entry.get("outputs", {}).items():
+        out[node_id] = [server.base / it["type"] / it["subfolder"] / it["filename"] for it in outputs.get("images", [])]
+    return out
+
+
+# ----------------------------------------------------------------------------- tests
+def test_pack_imports_and_its_nodes_are_listed(server, info):
+    log = server.log.read_text()
+    assert not [ln for ln in log.splitlines() if "IMPORT FAILED" in ln and PACK_LINK in ln], log[-4000:]
+    ours = {k: v for k, v in info.items() if k.startswith("TWGTM")}
+    assert set(ours) == {"TWGTMModelLoader", "TWGTMTryOnConditioning", "TWGTMTryOffConditioning", "TWGTMGarmentMask",
+                         "TWGTMSampler", "TWGTMMaskToBox"}
+    for name, node in ours.items():
+        for cat in ("required", "optional"):
+            for inp, spec in node["input"].get(cat, {}).items():
+                assert spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
+    options = ours["TWGTMModelLoader"]["input"]["required"]["twgtm_file"][1]["options"]
+    assert options == sorted([EXAMPLE_CHECKPOINT, NOT_TWGTM])
+
+
+def test_the_stubs_describe_the_nodes_like_the_real_server(server, info):
+    """tests/comfy_stubs.py must give the same /object_info as ComfyUI for our nodes (CI relies on it)."""
+    keys = ("input", "input_order", "output", "output_name", "output_is_list", "display_name", "category",
+            "output_node")
+    with comfy_stubs.load_pack(server.base, name="twgtm_live_probe") as pack:
+        stub_info = comfy_stubs.object_info(pack)
+    for name, node in stub_info.items():
+        assert {k: node[k] for k in keys} == {k: info[name][k] for k in keys}, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_workflows_validate_against_the_real_node_definitions(name, info):
+    files = {p.name for p in INPUTS.glob("*.png")}
+    assert comfy_stubs.validate_ui_workflow(load(name), info, files) == []
+    assert comfy_stubs.validate_api_prompt(load(f"{name}_api"), info, files) == []
+
+
+@pytest.mark.parametrize("name,expected_sizes", [
+    ("twgtm_try_on", {"8": (216, 288)}),
+    ("twgtm_try_off", {"7": (48, 64), "9": (48, 64)}),
+    ("twgtm_round_trip", {"5": (48, 64), "11": (216, 288)}),
+])
+def test_api_workflow_runs_to_completion(server, name, expected_sizes):
+    from PIL import Image
+
+    entry = server.run(load(f"{name}_api"))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+    files = saved_files(server, entry)
+    assert set(files) == set(expected_sizes)
+    for node_id, size in expected_sizes.items():
+        (path,) = files[node_id]
+        with Image.open(path) as im:
+            assert im.size == size  # (W, H): try-on keeps the person's size, try-off gives the model canvas
+
+
+def test_the_model_is_loaded_once_and_reused(server):
+    server.run(load("twgtm_try_on_api"))
+    server.run(load("twgtm_try_off_api"))
+    loads = [ln for ln in server.log.read_text().splitlines() if f"TWGTM: loading {EXAMPLE_CHECKPOINT}" in ln]
+    assert len(loads) == 1
+
+
+def test_an_image_wired_into_a_mask_input_is_rejected(server):
+    prompt = copy.deepcopy(load("twgtm_try_on_api"))
+    prompt["6"]["inputs"]["mask"] = ["2", 0]  # the person LoadImage's IMAGE
+    status, resp = server.submit(prompt)
+    assert status == 400
+    errors = resp["node_errors"]["6"]["errors"]
+    assert any(e["type"] == "return_type_mismatch" and "mask" in e["details"] for e in errors)
+
+
+def test_a_missing_model_file_names_the_folder(server):
+    prompt = copy.deepcopy(load("twgtm_try_on_api"))
+    prompt["1"]["inputs"]["twgtm_file"] = "absent.safetensors"
+    status, resp = server.submit(prompt)
+    assert status == 400
+    details = " ".join(e["details"] for e in resp["node_errors"]["1"]["errors"])
+    assert "absent.safetensors" in details and str(server.base / "models" / "twgtm") in details
+
+
+def test_a_checkpoint_that_is_not_twgtm_fails_with_a_clear_error(server):
+    prompt = copy.deepcopy(load("twgtm_try_on_api"))
+    prompt["1"]["inputs"]["twgtm_file"] = NOT_TWGTM
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    (err,) = [d for kind, d in entry["status"]["messages"] if kind == "execution_error"]
+    assert err["node_type"] == "TWGTMModelLoader"
+    assert "is not a TWGTM checkpoint" in err["exception_message"]
+    assert "Stable Diffusion checkpoint" in err["exception_message"]
+
+
+def test_interrupt_stops_the_sampler_and_the_model_stays_usable(server):
+    prompt = copy.deepcopy(load("twgtm_try_on_api"))
+    prompt["7"]["inputs"].update(steps=500, seed=5)  # long enough to be interrupted mid-loop
+    status, resp = server.submit(prompt)
+    assert status == 200
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the prompt runs, then give the sampler time to start
+        _, queue = server.get("/queue")
+        if queue["queue_running"]:
+            break
+        time.sleep(0.2)
+    time.sleep(2.0)
+    _http("POST", server.url + "/interrupt", {})
+    entry = server.wait(resp["prompt_id"], timeout=120)
+    kinds = {kind: d for kind, d in entry["status"]["messages"]}
+    assert "execution_interrupted" in kinds and kinds["execution_interrupted"]["node_type"] == "TWGTMSampler"
+    again = server.run(load("twgtm_try_on_api"))
+    assert again["status"]["status_str"] == "success"

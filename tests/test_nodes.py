@@ -1,0 +1,344 @@
+"""The TWGTM ComfyUI nodes, run on the tiny model with ComfyUI replaced by tests/comfy_stubs.py."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import comfy_stubs  # noqa: E402
+
+from twgtm.config import TWGTMConfig  # noqa: E402
+from twgtm.model import TWGTMModel  # noqa: E402
+from twgtm.weights import save_twgtm  # noqa: E402
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two OpenMP threads can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("comfy_base")
+
+
+@pytest.fixture(scope="module")
+def pack(base):
+    with comfy_stubs.load_pack(base) as module:
+        yield module
+
+
+@pytest.fixture(scope="module")
+def tiny_file(pack, base) -> str:
+    """The example checkpoint name, holding a seeded tiny model with its base components."""
+    torch.manual_seed(0)
+    model = TWGTMModel(TWGTMConfig.tiny(), random_prompts=True)
+    save_twgtm(model, base / "models" / "twgtm" / pack.nodes.loader.EXAMPLE_CHECKPOINT, include_base=True)
+    return pack.nodes.loader.EXAMPLE_CHECKPOINT
+
+
+def lib(pack, name: str):
+    """A module of the pack's own copy of the twgtm library (the one the nodes use)."""
+    return importlib.import_module(f"{pack.__name__}.twgtm.{name}")
+
+
+def run(node, **kwargs):
+    return node.execute(**kwargs).result
+
+
+@pytest.fixture(scope="module")
+def handle(pack, tiny_file):
+    (h,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"], twgtm_file=tiny_file,
+               base_model=pack.nodes.loader.BUNDLED, vae=pack.nodes.loader.NO_VAE,
+               clip_vision=pack.nodes.loader.BUNDLED, dtype="fp32")
+    return h
+
+
+@pytest.fixture()
+def stubs(pack):
+    mm, utils = pack.stubs["comfy.model_management"], pack.stubs["comfy.utils"]
+    mm.state.update(interrupt=False, load_calls=[])
+    utils.PROGRESS_BAR_HOOK = None
+    yield pack.stubs
+    mm.state.update(interrupt=False, load_calls=[])
+    utils.PROGRESS_BAR_HOOK = None
+
+
+def images(b=2, h=80, w=60, seed=0):
+    """ComfyUI layout: person IMAGE (B, H, W, 3), garment IMAGE (1, 64, 48, 3), mask MASK (1, H/2, W/2)."""
+    g = torch.Generator().manual_seed(seed)
+    person = torch.rand(b, h, w, 3, generator=g)
+    garment = torch.rand(1, 64, 48, 3, generator=g)
+    mask = torch.zeros(1, h // 2, w // 2)
+    mask[:, 10:30, 5:25] = 1.0
+    return person, garment, mask
+
+
+def sample(pack, handle, cond, **kw):
+    opts = dict(seed=7, steps=STEPS, cfg=2.5, scheduler="ddim", denoise=1.0) | kw
+    return run(pack.NODE_CLASS_MAPPINGS["TWGTMSampler"], model=handle, conditioning=cond, **opts)
+
+
+def try_on_cond(pack, person, garment, mask, **kw):
+    (cond,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"], person=person, garment=garment, mask=mask,
+                  category=kw.pop("category", "upper"), paste_back=kw.pop("paste_back", True))
+    return cond
+
+
+# ----------------------------------------------------------------------------- registration and schemas
+def test_pack_registers_v3_nodes_with_prefixed_ids_and_tooltips(pack):
+    io = pack.stubs["comfy_api.latest.io"]
+    assert set(pack.NODE_CLASS_MAPPINGS) == {"TWGTMModelLoader", "TWGTMTryOnConditioning", "TWGTMTryOffConditioning",
+                                             "TWGTMGarmentMask", "TWGTMSampler", "TWGTMMaskToBox"}
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        assert issubclass(cls, io.ComfyNode)
+        schema = cls.GET_SCHEMA()
+        assert schema.node_id == node_id and node_id.startswith("TWGTM")
+        assert schema.display_name == pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+        assert schema.category == "TWGTM" and schema.description
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
+        for out in schema.outputs:
+            assert out.tooltip, f"{node_id} output {out.display_name} has no tooltip"
+
+
+def test_wire_types_of_the_schema(pack):
+    info = comfy_stubs.object_info(pack)
+    assert info["TWGTMModelLoader"]["output"] == ["TWGTM_MODEL"]
+    assert info["TWGTMTryOnConditioning"]["input"]["required"]["mask"][0] == "MASK"
+    assert info["TWGTMTryOffConditioning"]["input"]["optional"]["mask"][0] == "MASK"
+    assert info["TWGTMSampler"]["output"] == ["IMAGE", "MASK"]
+    assert info["TWGTMSampler"]["input"]["required"]["conditioning"][0] == "TWGTM_CONDITIONING"
+    assert info["TWGTMSampler"]["input"]["required"]["seed"][1]["control_after_generate"] is True
+
+
+def test_model_folder_is_registered(pack, base):
+    fp = pack.stubs["folder_paths"]
+    assert fp.get_folder_paths("twgtm") == [str(base / "models" / "twgtm")]
+
+
+def test_scheduler_names_match_the_library(pack):
+    assert pack.nodes.sampler.SCHEDULERS == list(lib(pack, "pipeline").SCHEDULERS)
+
+
+def test_nodes_pick_no_device_at_import(base):
+    """Importing the pack and building its schemas must not ask ComfyUI for a device."""
+    stubs = comfy_stubs.make_stub_modules(base)
+    calls = []
+    for name in ("get_torch_device", "unet_offload_device", "intermediate_device"):
+        setattr(stubs["comfy.model_management"], name, lambda name=name: calls.append(name))
+    with comfy_stubs.load_pack(base, name="twgtm_import_probe", stubs=stubs) as probe:
+        for cls in probe.NODE_CLASS_MAPPINGS.values():
+            cls.GET_SCHEMA()
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------- loader
+def test_loader_wraps_the_model_for_comfy_memory_management_and_caches_it(pack, handle, tiny_file, stubs):
+    loader = pack.nodes.loader
+    assert isinstance(handle.patcher, stubs["comfy.model_patcher"].ModelPatcher)
+    assert isinstance(handle.patcher.model, loader.TWGTMModule)
+    assert handle.patcher.load_device == torch.device("cpu") and handle.patcher.offload_device == torch.device("cpu")
+    assert handle.model.dtype == torch.float32 and handle.config.height == 64
+    (again,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"], twgtm_file=tiny_file, base_model=loader.BUNDLED,
+                   vae=loader.NO_VAE, clip_vision=loader.BUNDLED, dtype="fp32")
+    assert again is handle  # cached: not read again
+    (auto,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"], twgtm_file=tiny_file, base_model=loader.BUNDLED,
+                  vae=loader.NO_VAE, clip_vision=loader.BUNDLED, dtype="auto")
+    assert auto is handle  # auto resolves to fp32 on a CPU load device: the same cache entry
+
+
+def test_loader_bf16(pack, tiny_file):
+    loader = pack.nodes.loader
+    h = loader.load_handle(tiny_file, loader.BUNDLED, loader.NO_VAE, loader.BUNDLED, "bf16")
+    assert h.model.dtype == torch.bfloat16 and h.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for p in h.model.parameters())
+
+
+def test_loader_missing_file_names_the_folder(pack, base):
+    loader = pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"]
+    msg = loader.validate_inputs(twgtm_file="absent.safetensors", base_model=pack.nodes.loader.BUNDLED,
+                                 vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED)
+    assert isinstance(msg, str) and str(base / "models" / "twgtm") in msg and "absent.safetensors" in msg
+    errors = lib(pack, "errors")
+    with pytest.raises(errors.MissingFileError, match="models.twgtm"):
+        run(loader, twgtm_file="absent.safetensors", base_model=pack.nodes.loader.BUNDLED,
+            vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED, dtype="auto")
+    msg = loader.validate_inputs(twgtm_file="absent.safetensors", base_model="sd15_inpainting.safetensors",
+                                 vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED)
+    assert "absent.safetensors" in msg  # the first missing file is reported
+
+
+def test_loader_missing_base_component_names_its_folder(pack, base, tiny_file):
+    loader = pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"]
+    msg = loader.validate_inputs(twgtm_file=tiny_file, base_model="sd15_inpainting.safetensors",
+                                 vae=pack.nodes.loader.NO_VAE, clip_vision="clip_l.safetensors")
+    assert str(base / "models" / "checkpoints") in msg
+    msg = loader.validate_inputs(twgtm_file=tiny_file, base_model=pack.nodes.loader.BUNDLED,
+                                 vae=pack.nodes.loader.NO_VAE, clip_vision="clip_l.safetensors")
+    assert str(base / "models" / "clip_vision") in msg
+    assert loader.validate_inputs(twgtm_file=tiny_file, base_model=pack.nodes.loader.BUNDLED,
+                                  vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED) is True
+
+
+def test_loader_rejects_a_checkpoint_that_is_not_twgtm(pack, base):
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 9, 3, 3)},
+              str(base / "models" / "twgtm" / "sd15.safetensors"))
+    loader = pack.nodes.loader
+    with pytest.raises(lib(pack, "errors").WeightsError, match="not a TWGTM checkpoint.*Stable Diffusion"):
+        loader.load_handle("sd15.safetensors", loader.BUNDLED, loader.NO_VAE, loader.BUNDLED, "fp32")
+
+
+def test_trained_parts_only_file_asks_for_base_components(pack, base):
+    torch.manual_seed(0)
+    save_twgtm(TWGTMModel(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / "parts.safetensors")
+    loader = pack.nodes.loader
+    with pytest.raises(lib(pack, "errors").MissingFileError) as exc:
+        loader.load_handle("parts.safetensors", loader.BUNDLED, loader.NO_VAE, loader.BUNDLED, "fp32")
+    msg = str(exc.value)
+    assert "base_model" in msg and str(base / "models" / "checkpoints") in msg
+    assert str(base / "models" / "clip_vision") in msg
+
+
+def test_loader_lists_files_of_the_model_folders(pack, base, tiny_file):
+    (base / "models" / "diffusers" / "sd15-inpainting").mkdir(exist_ok=True)
+    (base / "models" / "diffusers" / "sd15-inpainting" / "model_index.json").write_text("{}")
+    (base / "models" / "vae" / "vae-ft-mse.safetensors").write_bytes(b"")
+    info = comfy_stubs.object_info(pack)["TWGTMModelLoader"]["input"]["required"]
+    assert tiny_file in info["twgtm_file"][1]["options"]
+    assert info["twgtm_file"][1]["default"] == tiny_file
+    assert info["base_model"][1]["options"][0] == pack.nodes.loader.BUNDLED
+    assert "diffusers/sd15-inpainting" in info["base_model"][1]["options"]
+    assert info["vae"][1]["options"] == [pack.nodes.loader.NO_VAE, "vae-ft-mse.safetensors"]
+    assert info["dtype"][1]["options"] == ["auto", "bf16", "fp16", "fp32"]
+
+
+# ----------------------------------------------------------------------------- try-on
+def test_try_on_batch_broadcast_resize_and_progress(pack, handle, stubs):
+    person, garment, mask = images(b=2)
+    seen = []
+    stubs["comfy.utils"].PROGRESS_BAR_HOOK = lambda value, total, preview, node_id=None: seen.append((value, total))
+    image, region = sample(pack, handle, try_on_cond(pack, person, garment, mask))
+    assert image.shape == (2, 80, 60, 3) and region.shape == (2, 80, 60)
+    assert image.dtype == torch.float32 and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    # the half-size mask was resized to the person (nearest) and broadcast to the batch
+    expected = torch.nn.functional.interpolate(mask[:, None], size=(80, 60), mode="nearest")[:, 0].expand(2, -1, -1)
+    assert torch.equal(region, expected)
+    outside = region == 0
+    assert torch.equal(image[outside], person[outside])  # paste-back: unmasked pixels untouched
+    assert not torch.allclose(image[~outside], person[~outside])
+    assert seen == [(i, STEPS) for i in range(1, STEPS + 1)]
+    (call,) = stubs["comfy.model_management"].state["load_calls"]
+    assert call["models"] == [handle.patcher] and call["force_full_load"] and call["memory_required"] > 0
+    assert handle.patcher.model.device == torch.device("cpu")  # ModelPatcher's bookkeeping attribute
+
+
+def test_try_on_node_equals_the_library_call(pack, handle, stubs):
+    """The node is a thin adapter: same result as TWGTMPipeline with channels-first tensors."""
+    person, garment, mask = images(b=1, h=64, w=48, seed=3)
+    image, _ = sample(pack, handle, try_on_cond(pack, person, garment, mask, category="dress"), seed=11,
+                      scheduler="euler", cfg=1.0)
+    pipe = lib(pack, "pipeline").TWGTMPipeline(handle.model)
+    ref = pipe.try_on(person.permute(0, 3, 1, 2), garment.permute(0, 3, 1, 2), mask, "dress",
+                      num_inference_steps=STEPS, guidance_scale=1.0, generator=11, scheduler="euler")
+    assert torch.equal(image, ref.images.permute(0, 2, 3, 1))
+
+
+def test_try_on_garment_batch_must_broadcast(pack, handle, stubs):
+    person, _, mask = images(b=2)
+    garments = torch.rand(3, 64, 48, 3)
+    with pytest.raises(lib(pack, "errors").InputError, match="garment"):
+        sample(pack, handle, try_on_cond(pack, person, garments, mask))
+
+
+def test_conditioning_rejects_bad_layouts_and_values(pack):
+    errors = lib(pack, "errors")
+    person, garment, mask = images(b=1)
+    with pytest.raises(errors.InputError, match="person"):  # channels-first tensor instead of an IMAGE
+        try_on_cond(pack, person.permute(0, 3, 1, 2).repeat(1, 2, 1, 1), garment, mask)
+    with pytest.raises(errors.InputError, match="mask"):
+        try_on_cond(pack, person, garment, mask[:, None])
+    with pytest.raises(errors.InputError, match="category"):
+        try_on_cond(pack, person, garment, mask, category="hat")
+
+
+def test_sampler_rejects_unknown_scheduler_and_foreign_conditioning(pack, handle):
+    errors = lib(pack, "errors")
+    person, garment, mask = images(b=1)
+    with pytest.raises(errors.InputError, match="scheduler"):
+        sample(pack, handle, try_on_cond(pack, person, garment, mask), scheduler="lms")
+    with pytest.raises(errors.InputError, match="conditioning"):
+        sample(pack, handle, [[torch.zeros(1, 77, 768), {}]])  # ComfyUI's own CONDITIONING
+
+
+# ----------------------------------------------------------------------------- try-off and masks
+def test_try_off_mask_free_and_with_a_box(pack, handle, stubs):
+    person, _, _ = images(b=2)
+    (cond,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMTryOffConditioning"], person=person, category="lower")
+    garment, probs = sample(pack, handle, cond)
+    assert garment.shape == (2, 64, 48, 3) and probs.shape == (2, 64, 48)  # the model canvas
+    assert 0.0 <= float(probs.min()) and float(probs.max()) <= 1.0
+    box = torch.zeros(1, 64, 48)
+    box[:, 8:56, 6:42] = 1.0
+    (boxed,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMTryOffConditioning"], person=person, category="lower", mask=box)
+    garment_box, _ = sample(pack, handle, boxed)
+    assert garment_box.shape == garment.shape and not torch.equal(garment_box, garment)
+
+
+def test_garment_mask_threshold(pack, handle, stubs):
+    person, _, _ = images(b=2)
+    node = pack.NODE_CLASS_MAPPINGS["TWGTMGarmentMask"]
+    (soft,) = run(node, model=handle, person=person, category="upper", threshold=0.0)
+    (hard,) = run(node, model=handle, person=person, category="upper", threshold=0.5)
+    ref = lib(pack, "pipeline").TWGTMPipeline(handle.model).predict_garment_mask(person.permute(0, 3, 1, 2), "upper")
+    assert soft.shape == (2, 64, 48) and torch.equal(soft, ref[:, 0])
+    assert torch.equal(hard, (ref[:, 0] > 0.5).float())
+    assert len(stubs["comfy.model_management"].state["load_calls"]) == 2
+
+
+def test_mask_to_box(pack):
+    node = pack.NODE_CLASS_MAPPINGS["TWGTMMaskToBox"]
+    mask = torch.zeros(2, 40, 30)
+    mask[0, 10:30, 5:15] = 1.0   # the garment: a 20 x 10 block
+    mask[0, 2, 28] = 1.0         # a stray speck
+    (box,) = run(node, mask=mask, margin=0.1, largest_region_only=True)
+    expected = torch.zeros(40, 30)
+    expected[8:32, 4:16] = 1.0   # grown by 10 % of 20 = 2 rows and 10 % of 10 = 1 column on each side
+    assert torch.equal(box[0], expected)
+    assert torch.equal(box[1], torch.zeros(40, 30))  # empty mask -> empty box
+    (with_speck,) = run(node, mask=mask, margin=0.0, largest_region_only=False)
+    assert with_speck[0, 2:30, 5:29].min() == 1.0
+
+
+# ----------------------------------------------------------------------------- interrupt
+def test_interrupt_stops_promptly_and_leaves_the_model_usable(pack, handle, stubs):
+    person, garment, mask = images(b=1)
+    mm = stubs["comfy.model_management"]
+    cond = try_on_cond(pack, person, garment, mask)
+    clean, _ = sample(pack, handle, cond, steps=4)
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 2:
+            mm.interrupt_current_processing()  # what POST /interrupt does
+
+    stubs["comfy.utils"].PROGRESS_BAR_HOOK = hook
+    with pytest.raises(mm.InterruptProcessingException):
+        sample(pack, handle, cond, steps=4)
+    assert seen == [1, 2]  # stopped right after the step that saw the flag
+    stubs["comfy.utils"].PROGRESS_BAR_HOOK = None
+    again, _ = sample(pack, handle, cond, steps=4)
+    assert torch.equal(again, clean)
