@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..twgtm.latents import largest_component, mask_to_box
 from .common import (CATEGORY_OPTIONS, CATEGORY_TOOLTIP, NODE_CATEGORY, TWGTMModelWire, b1hw_to_mask, check_category,
                      image_to_bchw, mask_to_b1hw)
-from .sampler import prepare_model
+from .sampler import encoder_offload_device, prepare_model
 
 
 class TWGTMGarmentMask(io.ComfyNode):
@@ -36,7 +36,7 @@ class TWGTMGarmentMask(io.ComfyNode):
 
         person = image_to_bchw(person, "person")  # (B, C, H, W)
         net = prepare_model(model, person.shape[0], 1.0)
-        probs = TWGTMPipeline(net).predict_garment_mask(person, check_category(category))  # (B, 1, H, W)
+        probs = TWGTMPipeline(net, encoder_offload_device=encoder_offload_device()).predict_garment_mask(person, check_category(category))  # (B, 1, H, W)
         mask = probs if threshold <= 0.0 else (probs > threshold).float()
         return io.NodeOutput(b1hw_to_mask(mask, mm.intermediate_device()))
 

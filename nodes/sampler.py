@@ -49,6 +49,13 @@ def progress_callback(total: int):
     return callback
 
 
+def encoder_offload_device():
+    """Where the reference encoders wait while the UNet runs: ComfyUI's offload device when it differs
+    from the compute device (saves ~0.9 GiB of VRAM at full size, outputs unchanged), else nowhere."""
+    offload = mm.unet_offload_device()
+    return offload if offload != mm.get_torch_device() else None
+
+
 def prepare_model(handle, batch: int, guidance_scale: float):
     """Let ComfyUI put the model on its load device; returns the TWGTMModel."""
     memory = inference_memory(handle.config, batch, guidance_scale, handle.dtype)
@@ -107,7 +114,7 @@ class TWGTMSampler(io.ComfyNode):
             raise InputError("conditioning: expected the output of a TWGTM conditioning node, "
                              f"got {type(conditioning).__name__}")
         net = prepare_model(model, conditioning.batch_size, cfg)
-        pipe = TWGTMPipeline(net)
+        pipe = TWGTMPipeline(net, encoder_offload_device=encoder_offload_device())
         options = dict(num_inference_steps=int(steps), guidance_scale=float(cfg), generator=int(seed),
                        scheduler=scheduler, strength=float(denoise), callback=progress_callback(int(steps)))
         out_device = mm.intermediate_device()

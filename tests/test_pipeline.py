@@ -199,3 +199,15 @@ def test_golden_slices(pipe):
     for got, want in ((on, GOLDEN_TRY_ON), (off, GOLDEN_TRY_OFF), (m, GOLDEN_MASK)):
         assert want is not None, f"golden not recorded: {got.tolist()}"
         assert torch.allclose(got, torch.tensor(want), atol=1e-3), got.tolist()
+
+
+def test_encoder_offload_keeps_outputs(images):
+    """Parking the reference encoders after use changes nothing in the results."""
+    person, garment, mask = images
+    model = make_tiny_model(0)
+    plain = TWGTMPipeline(model)
+    parked = TWGTMPipeline(model, encoder_offload_device="cpu")
+    a = plain.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=0).images
+    b = parked.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=0).images
+    assert torch.equal(a, b)
+    assert torch.equal(plain.predict_garment_mask(person, "dress"), parked.predict_garment_mask(person, "dress"))

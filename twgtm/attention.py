@@ -196,6 +196,7 @@ def extended_processors(unet) -> dict[str, ExtendedAttnProcessor]:
 
 def precompute_srm_kv(unet, srm: dict[int, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """K'/V' for every Extended Attention processor, once per call (they do not depend on t)."""
+    unet = getattr(unet, "_orig_mod", unet)  # a torch.compile wrapper prefixes module names
     modules = dict(unet.named_modules())
     out = {}
     for name, proc in extended_processors(unet).items():

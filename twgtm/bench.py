@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -102,19 +101,20 @@ def make_config(name: str, size: tuple[int, int] | None = None) -> TWGTMConfig:
 
 
 def build_model(cfg: TWGTMConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                seed: int = 0) -> TWGTMModel:
+                seed: int = 0, build_device: str | torch.device | None = None) -> TWGTMModel:
     """A random-weight stage-2 model in eval mode, gradients off.
 
     Off the meta device the prompts are filled by a seeded random CLIP text encoder and every ZLL is
     randomised (N(0, 0.02)), so the Extended-Attention branch contributes to the output as after
-    training. On ``meta`` nothing is initialised (counting only).
+    training. On ``meta`` nothing is initialised (counting only). The modules are constructed (and
+    randomly initialised) on ``build_device`` (default ``device``, fast on a GPU), then moved.
     """
     device = torch.device(device)
     if device.type == "meta":
         with torch.device("meta"):
             model = TWGTMModel(cfg)
     else:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device(build_device or device):
             torch.manual_seed(seed)
             model = TWGTMModel(cfg, random_prompts=True)
             for proc in extended_processors(model.unet).values():
@@ -142,6 +142,21 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
         out = fn()
     return int(counter.get_total_flops()), out
+
+
+OP_KINDS = {"convolution": "conv", "mm": "linear", "addmm": "linear", "bmm": "attention", "baddbmm": "attention"}
+
+
+def flops_by_kind(fn: Callable[[], Any]) -> dict[str, int]:
+    """FLOPs of ``fn`` split into conv / linear / attention (matmuls of Q K^T and P V) / other."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+        fn()
+    out = {"conv": 0, "linear": 0, "attention": 0, "other": 0}
+    for op, n in counter.get_flop_counts()["Global"].items():
+        name = str(op).split(".")[-1]
+        kind = "attention" if "attention" in name else OP_KINDS.get(name, "other")
+        out[kind] += int(n)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,7 +366,11 @@ def flop_breakdown(model: TWGTMModel, *, cfg_on: bool = True) -> dict[str, dict[
         x, t, f_sam, srm_kv=kv_full, srm_gate=gate))
     per_step["twgtm_cond_rows_kv_every_step"], _ = count_flops(lambda: model.predict_noise(
         x, t, f_sam, f_srm=f_srm, srm_gate=1.0, srm_rows=cond))
-    return {"one_off": one_off, "per_step": per_step}
+    with plain_processors(unet):
+        base_kinds = flops_by_kind(lambda: model.predict_noise(x, t, baseline_context(model, rows)))
+    twgtm_kinds = flops_by_kind(lambda: model.predict_noise(x, t, f_sam, srm_kv=kv, srm_gate=1.0, srm_rows=cond))
+    return {"one_off": one_off, "per_step": per_step,
+            "per_step_by_kind": {"baseline": base_kinds, "twgtm": twgtm_kinds}}
 
 
 def flop_totals(parts: dict[str, dict[str, int]], steps: int) -> dict[str, int]:
@@ -415,13 +434,18 @@ def sample_inputs(cfg: TWGTMConfig, batch: int = 1, seed: int = 0) -> dict[str, 
             "mask": mask}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA kernels run asynchronously); no-op elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _rss_max_mib() -> float:
-    """The process's RSS high-water mark (monotone; MiB)."""
+    """The process's RSS high-water mark (monotone, so only its growth is a peak; MiB); 0 where unknown."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2.0 ** 20
 
@@ -435,7 +459,7 @@ def measure(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
         start_mem = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     out: dict[str, Any] = {"seconds": time.perf_counter() - t0}
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -482,28 +506,28 @@ def time_cases(model: TWGTMModel, *, steps: int = 50, guidance_scale: float = 2.
     def tryon():
         return pipe.try_on(x["person"], x["garment"], x["mask"], "upper", **opts)
 
-    def in_mode(mode: Callable[[TWGTMModel], Any], fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run():
-            with mode(model):
-                return fn()
-        return run
+    def plain(m: TWGTMModel) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
-    cases: dict[str, Callable[[], Any]] = {
-        "baseline": in_mode(baseline_mode, tryon),
-        "tryon": tryon,
-        "tryoff": lambda: pipe.try_off(x["person"], "upper", **opts),
+    # (mode entered around the run, outside the timed region; the call)
+    cases: dict[str, tuple[Callable[[TWGTMModel], Any], Callable[[], Any]]] = {
+        "baseline": (baseline_mode, tryon),
+        "tryon": (plain, tryon),
+        "tryoff": (plain, lambda: pipe.try_off(x["person"], "upper", **opts)),
     }
     if naive:
-        cases["tryon_naive"] = in_mode(naive_mode, tryon)
+        cases["tryon_naive"] = (naive_mode, tryon)
     if offload:
-        cases["tryon_offload_encoders"] = in_mode(offload_encoders, tryon)
+        cases["tryon_offload_encoders"] = (offload_encoders, tryon)
     for _ in range(warmup):
-        for fn in cases.values():
-            fn()
+        for mode, fn in cases.values():
+            with mode(model):
+                fn()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
     for _ in range(max(1, repeats)):
-        for name, fn in cases.items():
-            runs[name].append(measure(fn, device))
+        for name, (mode, fn) in cases.items():
+            with mode(model):
+                runs[name].append(measure(fn, device))
     out: dict[str, Any] = {}
     for name, rs in runs.items():
         peaks = [r["peak_gib"] for r in rs if r["peak_gib"] is not None]
@@ -542,22 +566,22 @@ def step_inputs(model: TWGTMModel, *, cfg_on: bool = True, seed: int = 0) -> dic
             "srm_rows": slice(rows - 1, rows) if cfg_on else None, "rows": rows}
 
 
-def step_functions(model: TWGTMModel, inp: dict[str, Any]) -> dict[str, Callable[[], torch.Tensor]]:
-    """One UNet call each: baseline (plain processors), TWGTM as the pipeline runs it, and naive TWGTM."""
+StepFunctions = dict[str, tuple[Callable[[], Any], Callable[[], torch.Tensor]]]
+
+
+def step_functions(model: TWGTMModel, inp: dict[str, Any]) -> StepFunctions:
+    """One UNet call each, as ``{name: (context factory, call)}``: the baseline (plain processors, entered
+    once around its calls so swapping processors is never timed), TWGTM as the pipeline runs it, naive TWGTM."""
     rows = inp["rows"]
     gate = torch.tensor([0.0, 1.0][-rows:], device=model.device, dtype=model.dtype)
     f_full = {lvl: torch.cat([f] * rows) for lvl, f in inp["f_srm"].items()}
     ctx = baseline_context(model, rows)
-
-    def baseline():
-        with plain_processors(model.unet):
-            return model.predict_noise(inp["x"], inp["t"], ctx)
-
     return {
-        "baseline": baseline,
-        "twgtm": lambda: model.predict_noise(inp["x"], inp["t"], inp["f_sam"], srm_kv=inp["srm_kv"], srm_gate=1.0,
-                                             srm_rows=inp["srm_rows"]),
-        "twgtm_naive": lambda: model.predict_noise(inp["x"], inp["t"], inp["f_sam"], f_srm=f_full, srm_gate=gate),
+        "baseline": (lambda: plain_processors(model.unet), lambda: model.predict_noise(inp["x"], inp["t"], ctx)),
+        "twgtm": (contextlib.nullcontext, lambda: model.predict_noise(
+            inp["x"], inp["t"], inp["f_sam"], srm_kv=inp["srm_kv"], srm_gate=1.0, srm_rows=inp["srm_rows"])),
+        "twgtm_naive": (contextlib.nullcontext, lambda: model.predict_noise(
+            inp["x"], inp["t"], inp["f_sam"], f_srm=f_full, srm_gate=gate)),
     }
 
 
@@ -568,31 +592,30 @@ def time_steps(model: TWGTMModel, *, iters: int = 10, warmup: int = 2, flops: di
     fns = step_functions(model, step_inputs(model, seed=seed))
     out: dict[str, Any] = {}
     with torch.no_grad():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-        times: dict[str, list[float]] = {n: [] for n in fns}
-        for _ in range(max(1, iters)):
-            for name, fn in fns.items():
-                _sync(device)
-                t0 = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - t0)
-    for name, ts in times.items():
-        ms = statistics.median(ts) * 1e3
-        row: dict[str, Any] = {"median_ms": ms}
-        if flops is not None and name in flops:
-            row["tflops_per_s"] = flops[name] / TFLOP / (ms / 1e3)
-            if peak_tflops:
-                row["fraction_of_peak"] = row["tflops_per_s"] / peak_tflops
-        out[name] = row
+        for name, (context, fn) in fns.items():
+            times = []
+            with context():
+                for i in range(warmup + max(1, iters)):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    fn()
+                    sync(device)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - t0)
+            ms = statistics.median(times) * 1e3
+            row: dict[str, Any] = {"median_ms": ms}
+            if flops is not None and name in flops:
+                row["tflops_per_s"] = flops[name] / TFLOP / (ms / 1e3)
+                if peak_tflops:
+                    row["fraction_of_peak"] = row["tflops_per_s"] / peak_tflops
+            out[name] = row
     for name in out:
         out[name]["ratio_to_baseline"] = out[name]["median_ms"] / out["baseline"]["median_ms"]
     return out
 
 
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192, iters: int = 10) -> float | None:
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192,
+                       iters: int = 10) -> float | None:
     """Achievable dense matmul TFLOP/s on ``device`` (CUDA only; the step-efficiency denominator)."""
     if device.type != "cuda":
         return None
@@ -608,32 +631,34 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16
     return 2 * n ** 3 * iters / (time.perf_counter() - t0) / TFLOP
 
 
-def phase_memory(model: TWGTMModel, *, seed: int = 0) -> dict[str, float] | None:
-    """CUDA peak memory above the resident weights for each phase of one call (GiB), and the weights."""
+def phase_memory(model: TWGTMModel, *, seed: int = 0) -> dict[str, float | None]:
+    """CUDA peak memory above the resident weights for each phase of one call (GiB), and the resident
+    weights; every value is None off CUDA (the phases still run)."""
     device = model.device
-    if device.type != "cuda":
-        return None
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     img = (torch.rand(1, 3, cfg.height, cfg.width, generator=g) * 2 - 1).to(device, model.dtype)
     cat_idx = torch.zeros(1, dtype=torch.long, device=device)
     h, w = cfg.latent_size
     lat = torch.randn(1, cfg.latent_channels, h, w, generator=g).to(device, model.dtype)
-    out: dict[str, float] = {"weights_allocated": torch.cuda.memory_allocated(device) / GIB}
+    cuda = device.type == "cuda"
+    out: dict[str, float | None] = {"weights_allocated": torch.cuda.memory_allocated(device) / GIB if cuda else None}
     with torch.no_grad():
         inp = step_inputs(model, seed=seed)
         fns = step_functions(model, inp)
-        phases: dict[str, Callable[[], Any]] = {
-            "vae_encode_one": lambda: model.encode_images(img),
-            "vae_encode_two_together": lambda: model.encode_images(torch.cat([img, img]), chunk=2),
-            "encode_reference": lambda: model.encode_reference(img, cat_idx, with_srm=True),
+        none = contextlib.nullcontext
+        phases: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+            "vae_encode_one": (none, lambda: model.encode_images(img)),
+            "vae_encode_two_together": (none, lambda: model.encode_images(torch.cat([img, img]), chunk=2)),
+            "encode_reference": (none, lambda: model.encode_reference(img, cat_idx, with_srm=True)),
             "unet_step_baseline": fns["baseline"],
             "unet_step_twgtm": fns["twgtm"],
             "unet_step_naive": fns["twgtm_naive"],
-            "vae_decode_one": lambda: model.decode_latents(lat),
+            "vae_decode_one": (none, lambda: model.decode_latents(lat)),
         }
-        for name, fn in phases.items():
-            out[name] = measure(fn, device)["peak_above_start_gib"]
+        for name, (context, fn) in phases.items():
+            with context():
+                out[name] = measure(fn, device)["peak_above_start_gib"]
     return out
 
 
@@ -657,20 +682,33 @@ def timing_report(config: str, device: str, dtype: torch.dtype, *, steps: int = 
     report["step"] = time_steps(model, iters=step_iters, flops=flops, peak_tflops=peak)
     report["cases"] = time_cases(model, steps=steps, guidance_scale=guidance_scale, repeats=repeats, warmup=warmup,
                                  naive=naive, offload=offload)
-    report["phases_gib"] = phase_memory(model)
+    report["phases_gib"] = phase_memory(model) if dev.type == "cuda" else None
     return report
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown model"
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores ({platform.processor() or 'unknown'})"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores ({_cpu_model()})"
 
 
 def machine_info() -> dict[str, Any]:
+    """Date, platform, CPU count, load average (other processes sharing the cores skew CPU timings)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"date": datetime.date.today().isoformat(), "platform": platform.platform(),
-            "machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__,
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "load_average_1_5_15": load,
+            "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -727,19 +765,29 @@ def to_markdown(report: dict[str, Any]) -> str:
                  tot["tryon_cond_rows_kv_every_step"], r["tryon_cond_rows_kv_every_step"]),
             ]
             for name, step, once, total, ratio in rows:
-                lines.append(f"| {key} | {name} | {step / TFLOP:.3f} | {once / TFLOP:.3f} | {total / TFLOP:.1f} | {ratio:.4f} |")
+                lines.append(f"| {key} | {name} | {step / TFLOP:.3f} | {once / TFLOP:.3f} | {total / TFLOP:.1f} "
+                             f"| {ratio:.4f} |")
         lines += ["", "One-off pieces per image (TFLOP)", "",
-                  "| size | VAE encode (x2) | SAM | SRM | Decoder | K'/V' | VAE decode |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| size | VAE encode (x2) | SAM | SRM | Decoder | K'/V' | VAE decode |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for key, rec in fl["sizes"].items():
             o = rec["one_off"]
-            lines.append(f"| {key} | {o['vae_encode'] / TFLOP:.3f} (x2) | {o['sam'] / TFLOP:.3f} | {o['srm'] / TFLOP:.3f} | "
-                         f"{o['decoder'] / TFLOP:.3f} | {o['srm_kv'] / TFLOP:.4f} | {o['vae_decode'] / TFLOP:.3f} |")
+            lines.append(f"| {key} | {o['vae_encode'] / TFLOP:.3f} (x2) | {o['sam'] / TFLOP:.3f} | "
+                         f"{o['srm'] / TFLOP:.3f} | {o['decoder'] / TFLOP:.3f} | {o['srm_kv'] / TFLOP:.4f} | "
+                         f"{o['vae_decode'] / TFLOP:.3f} |")
+        lines += ["", "UNet step FLOPs by kind (TFLOP, CFG batch)", "",
+                  "| size | step | conv | linear | attention (QK^T, PV) | other |", "|---|---|---:|---:|---:|---:|"]
+        for key, rec in fl["sizes"].items():
+            for name, k in rec["per_step_by_kind"].items():
+                lines.append(f"| {key} | {name} | {k['conv'] / TFLOP:.3f} | {k['linear'] / TFLOP:.3f} | "
+                             f"{k['attention'] / TFLOP:.3f} | {k['other'] / TFLOP:.3f} |")
     tm = report.get("timing")
     if tm:
         lines += ["", f"Wall time: config `{tm['config']}` at {tm['size']}, {tm['device']}, {tm['dtype']}, "
                   f"{tm['steps']} steps, CFG {tm['guidance_scale']}, {tm['scheduler']}, median of {tm['repeats']} "
                   f"after {tm['warmup']} warm-up", "",
-                  "| case | median s | ratio to baseline | peak GiB | peak above start GiB |", "|---|---:|---:|---:|---:|"]
+                  "| case | median s | ratio to baseline | peak GiB | peak above start GiB |",
+                  "|---|---:|---:|---:|---:|"]
         for name, rec in tm["cases"].items():
             lines.append(f"| {name} | {rec['median_s']:.3f} | {rec['ratio_to_baseline']:.3f} | {_f(rec['peak_gib'])} | "
                          f"{_f(rec['peak_above_start_gib'])} |")
@@ -747,20 +795,21 @@ def to_markdown(report: dict[str, Any]) -> str:
                   "|---|---:|---:|---:|---:|"]
         for name, rec in tm["step"].items():
             lines.append(f"| {name} | {rec['median_ms']:.2f} | {rec['ratio_to_baseline']:.3f} | "
-                         f"{_f(rec.get('tflops_per_s'), '.1f')} | {_f(rec.get('fraction_of_peak'))} |")
+                         f"{_f(rec.get('tflops_per_s'), '.4g')} | {_f(rec.get('fraction_of_peak'))} |")
         if tm.get("phases_gib"):
             lines += ["", "| phase | GiB |", "|---|---:|"]
             lines += [f"| {k} | {v:.3f} |" for k, v in tm["phases_gib"].items()]
     return "\n".join(lines) + "\n"
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse the command line, run the benchmark, return the report (what ``--json`` prints)."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m twgtm.bench``."""
     p = argparse.ArgumentParser(prog="python -m twgtm.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--flops-only", action="store_true", help="skip the timing part")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="timing device (default: cuda if present)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="timing dtype (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="timing dtype (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--config", choices=("tiny", "full"), default=None,
                    help="model preset (default: full for FLOPs; tiny for CPU timing, full for CUDA timing)")
     p.add_argument("--steps", type=int, default=50)
@@ -768,10 +817,19 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--sizes", default=",".join(size_key(s) for s in DEFAULT_SIZES),
                    help="FLOP sizes HxW, comma-separated; the first is also the full-config timing size")
     p.add_argument("--naive", action="store_true", help="also time the naive Extended Attention try-on")
-    p.add_argument("--offload", action="store_true", help="also time try-on with the encoders offloaded")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    args = p.parse_args(argv)
+    p.add_argument("--offload", action="store_true", help="also time try-on with the encoders offloaded (cuda only)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
+    p.add_argument("--step-iters", type=int, default=10, help="timed UNet steps per variant")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the timing part (default: 1 on cpu, the tiny model's ops are too small "
+                        "for intra-op threads and shared cores make them noisy; torch's default on cuda)")
+    return p.parse_args(argv)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark for a command line; return the report (what ``--json`` prints)."""
+    args = parse_args(argv)
     if args.steps < 1:
         raise InputError(f"--steps: expected >= 1, got {args.steps}")
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
@@ -780,25 +838,36 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device: expected 'cpu' on a machine without CUDA, got 'cuda'")
-    report: dict[str, Any] = {"machine": machine_info()}
+    report: dict[str, Any] = {"machine": machine_info(), "options": vars(args)}
     report["flops"] = flop_report(args.config or "full", sizes, args.steps, cfg_on=args.guidance_scale > 1.0)
+    meta = build_model(make_config(args.config or "full"), device="meta", dtype=torch.bfloat16)
+    report["weights_gib_bf16"] = weights_gib(meta)  # exact parameter + buffer bytes, no allocation
     report["timing"] = None
     if not args.flops_only:
         config = args.config or ("full" if device == "cuda" else "tiny")
         dtype = DTYPES[args.dtype or ("bf16" if device == "cuda" else "fp32")]
-        report["timing"] = timing_report(config, device, dtype, steps=args.steps, guidance_scale=args.guidance_scale,
-                                         repeats=args.repeats, warmup=args.warmup, naive=args.naive,
-                                         offload=args.offload and device == "cuda", size=sizes[0])
+        threads = args.threads or (1 if device == "cpu" else None)
+        saved = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            report["timing"] = timing_report(config, device, dtype, steps=args.steps,
+                                             guidance_scale=args.guidance_scale, repeats=args.repeats,
+                                             warmup=args.warmup, naive=args.naive,
+                                             offload=args.offload and device == "cuda", size=sizes[0],
+                                             step_iters=args.step_iters)
+        finally:
+            torch.set_num_threads(saved)
+        report["timing"]["threads"] = threads or saved
     report.update(flat_keys(report))
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
     report = run(argv)
     # the command's product goes to stdout (logging goes to stderr)
-    sys.stdout.write(json.dumps(report, indent=1) + "\n" if "--json" in argv else to_markdown(report))
+    sys.stdout.write(json.dumps(report, indent=1) + "\n" if report["options"]["json"] else to_markdown(report))
     return 0
 
 

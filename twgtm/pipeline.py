@@ -7,6 +7,7 @@ default (``paste_back=True``), so they are bit-identical to the input.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -68,9 +69,35 @@ def _generator(generator) -> torch.Generator:
 class TWGTMPipeline:
     """Try-on, try-off and garment-mask prediction with one :class:`TWGTMModel`."""
 
-    def __init__(self, model: TWGTMModel):
+    def __init__(self, model: TWGTMModel, *, encoder_offload_device: str | torch.device | None = None):
+        """Args:
+            model: the TWGTM model (its device and dtype are used as they are).
+            encoder_offload_device: when set (e.g. "cpu"), the reference encoders (CLIP image encoder,
+                Q-Former, SRM, Decoder) are moved to the model's device only while the reference features
+                are computed, then parked here: their ~0.9 GiB (bf16, full size) is free during the
+                denoising loop and the decode. Outputs are unchanged.
+        """
         self.model = model
         self.config = model.config
+        self.encoder_offload_device = encoder_offload_device
+
+    def _encoders_to(self, device) -> None:
+        m = self.model
+        for part in (m.sam.clip_vision, m.sam.qformer, m.srm, m.decoder):
+            if part is not None:
+                part.to(device)
+
+    @contextlib.contextmanager
+    def _encoders_on_device(self):
+        """The reference encoders sit on the model's device only inside this block (when offloading)."""
+        if self.encoder_offload_device is None:
+            yield
+            return
+        self._encoders_to(self.model.device)
+        try:
+            yield
+        finally:
+            self._encoders_to(self.encoder_offload_device)
 
     # ------------------------------------------------------------------ helpers
     def _categories(self, category: str | Sequence[str], batch: int) -> torch.Tensor:
@@ -111,8 +138,10 @@ class TWGTMPipeline:
         dev, dtype = model.device, model.dtype
         b = target.shape[0]
 
-        # 1. step-independent features: F_SAM, SRM, F_SRM (once per call, never per step)
-        feats = model.encode_reference(reference, cat_idx, with_srm=model.stage == 2 or want_mask)
+        # 1. step-independent features: F_SAM, SRM, F_SRM, K'/V' (once per call, never per step)
+        with self._encoders_on_device():
+            feats = model.encode_reference(reference, cat_idx, with_srm=model.stage == 2 or want_mask)
+            srm_kv = model.precompute_srm_kv(feats.f_srm) if feats.f_srm is not None else None
         garment_mask = None
         if want_mask:
             garment_mask = torch.sigmoid(feats.srm.tfq0_logits[-1].float())  # (B, 1, H/4, W/4)
@@ -125,10 +154,7 @@ class TWGTMPipeline:
         # 3. CFG batch [uncond, cond]: reference half of E(h_f), F_SAM and the SRM gate are 0 in uncond
         do_cfg = guidance_scale > 1.0
         f_sam = feats.sam.f_sam
-        srm_kv, srm_rows, srm_gate = None, None, None
-        if feats.f_srm is not None:
-            srm_kv = model.precompute_srm_kv(feats.f_srm)  # K'/V' once per call, conditional rows only
-            srm_gate = 1.0
+        srm_rows, srm_gate = None, (1.0 if srm_kv is not None else None)  # K'/V': conditional rows only
         if do_cfg:
             unc = unconditional(cond, cfg.concat_dim)
             cond = LatentCondition(guidance=torch.cat([unc.guidance, cond.guidance]), mask=torch.cat([cond.mask, cond.mask]))
@@ -298,7 +324,9 @@ class TWGTMPipeline:
         b = person.shape[0]
         cat_idx = self._categories(category, b)
         person_c, _ = self._canvas(person, 1.0)
-        feats = self.model.encode_reference(self._to_model(person_c), cat_idx, with_srm=True)
-        probs = torch.sigmoid(feats.srm.tfq0_logits[-1].float()).cpu()
+        reference = self._to_model(person_c)
+        with self._encoders_on_device():
+            srm = self.model.srm(reference, self.model.sam(reference, cat_idx).f_qf)  # no Decoder needed
+        probs = torch.sigmoid(srm.tfq0_logits[-1].float()).cpu()
         size = tuple(output_size) if output_size is not None else (self.config.height, self.config.width)
         return F.interpolate(probs, size=size, mode="bilinear", align_corners=False).clamp(0, 1)

@@ -285,6 +285,9 @@ class PromptBank(nn.Module):
 
     def forward(self, category_idx: Tensor) -> tuple[Tensor, Tensor]:
         """(B,) category indices -> cached prompt embeddings (B, T, Dt) and mask (B, T)."""
+        if self.embeds.is_meta:  # shape-only evaluation (FLOP counting on meta): no values to check
+            idx = category_idx.to(self.embeds.device)
+            return self.embeds[idx], self.mask[idx]
         if not self.is_built:
             raise WeightsError("PromptBank: expected cached prompt embeddings (built=True), got an unbuilt bank; "
                                "call build(text_encoder, tokenizer) or load a trained state dict")
