@@ -211,3 +211,15 @@ def test_encoder_offload_keeps_outputs(images):
     b = parked.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=0).images
     assert torch.equal(a, b)
     assert torch.equal(plain.predict_garment_mask(person, "dress"), parked.predict_garment_mask(person, "dress"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_pipeline(images, dtype):
+    person, garment, mask = images
+    model = make_tiny_model(0).to(dtype)
+    pipe = TWGTMPipeline(model)
+    full = torch.ones_like(mask)  # a full mask is allowed: everything is regenerated
+    on = pipe.try_on(person, garment, full, "upper", num_inference_steps=2, generator=0)
+    off = pipe.try_off(person, "lower", num_inference_steps=2, generator=0)
+    for x in (on.images, off.images, off.garment_mask):
+        assert x.dtype == torch.float32 and torch.isfinite(x).all()

@@ -1,0 +1,153 @@
+"""Evaluation protocols, the baseline report and its region metrics (tiny random model, synthetic data)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from twgtm.errors import ConfigError, MissingFileError
+from twgtm.weights import save_twgtm
+
+from training.config import load_run_config
+from training.evaluate import EvalOptions, evaluate
+from training.report import (PRIMARY_COMPARISONS, baseline_report, changed_region, region_l1, region_ssim,
+                             save_image_grid)
+
+from conftest import make_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: the tiny ops here gain nothing from two, and a busy machine makes two spin."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    from training.synthetic import generate
+
+    root = tmp_path_factory.mktemp("syn") / "data"
+    generate(root, n_train=6, n_test=4, height=64, width=48, seed=3)
+    return root
+
+
+@pytest.fixture()
+def no_backbones(tmp_path, monkeypatch) -> Path:
+    """An empty weights folder and torch hub dir: every backbone metric must be skipped, never downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    return empty
+
+
+# ---------------------------------------------------------------------------------------------- region metrics
+def test_region_metrics_only_see_the_region():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(2, 3, 32, 24, generator=g)
+    mask = torch.zeros(2, 1, 32, 24)
+    mask[:, :, 8:24, 6:18] = 1
+    assert region_l1(gt, gt, mask) == 0.0
+    assert region_ssim(gt, gt, mask) == pytest.approx(1.0, abs=1e-6)
+    outside = gt * mask + (1 - mask) * torch.rand(2, 3, 32, 24, generator=g)
+    assert region_l1(outside, gt, mask) == 0.0            # differences outside the region are ignored
+    inside = gt * (1 - mask) + mask * 0.5
+    expected = float(((inside - gt).abs() * mask).sum() / (mask.sum() * 3))
+    assert region_l1(inside, gt, mask) == pytest.approx(expected, rel=1e-5)
+    assert region_ssim(inside, gt, mask) < 0.9
+
+
+def test_changed_region_is_the_difference_inside_the_mask():
+    person = torch.full((2, 3, 16, 12), 0.5)
+    gt = person.clone()
+    gt[0, :, 4:10, 3:9] = 0.9                           # a 6x6 change inside the mask
+    gt[0, :, 0, 0] = 0.0                                # an isolated pixel: removed by the opening
+    mask = torch.zeros(2, 1, 16, 12)
+    mask[:, :, 2:12, 2:10] = 1
+    ch = changed_region(person, gt, mask)
+    assert ch.shape == (2, 1, 16, 12)
+    assert ch[0].sum() == 36 and ch[0, 0, 4:10, 3:9].all()
+    assert torch.equal(ch[1], mask[1])                  # nothing changed: falls back to the mask
+
+
+def test_image_grid_writes_png(tmp_path):
+    from PIL import Image
+
+    rows = [[torch.rand(3, 8, 6), torch.rand(3, 8, 6)], [torch.rand(1, 8, 6), torch.rand(3, 8, 6)]]
+    p = save_image_grid(rows, tmp_path / "g.png", row_labels=["a", "mask"], scale=2)
+    im = Image.open(p)
+    assert im.mode == "RGB" and im.height == 2 * 16 + 3 * 2
+
+
+# ---------------------------------------------------------------------------------------------- protocols
+def test_evaluate_all_protocols_writes_json_and_markdown(tmp_path, synthetic_root, no_backbones):
+    model = make_tiny_model(0)
+    opts = EvalOptions(num_inference_steps=2, batch_size=4, max_items=3, weights_dir=str(no_backbones),
+                       save_images=True)
+    summary = evaluate(model, str(synthetic_root), tmp_path / "eval", opts=opts)
+    assert set(summary["protocols"]) == {"vton_paired", "vton_unpaired", "vtoff"}
+    paired = summary["protocols"]["vton_paired"]["rows"]["all"]
+    assert 0.0 < paired["ssim"] <= 1.0 and paired["lpips"] is None
+    reason = summary["protocols"]["vton_paired"]["skipped"]["all"]["lpips"]
+    assert "alexnet-owt-7be5be79.pth" in reason and "Place" in reason  # says which file to place where
+    vtoff = summary["protocols"]["vtoff"]["rows"]["all"]
+    for name in ("ssim", "ms_ssim", "cw_ssim", "mask_iou"):
+        assert vtoff[name] is not None and 0.0 <= vtoff[name] <= 1.0
+    for name in ("lpips", "fid", "kid", "clip_fid", "dists"):
+        assert vtoff[name] is None
+    assert summary["protocols"]["vton_unpaired"]["dino_reference"] == "rendered ground truth"
+    for name in ("vton_paired", "vton_unpaired", "vtoff", "evaluation"):
+        assert (tmp_path / "eval" / f"{name}.json").is_file() and (tmp_path / "eval" / f"{name}.md").is_file()
+    table = (tmp_path / "eval" / "vtoff.md").read_text()
+    assert "| all |" in table and "Skipped metrics" in table
+    assert len(list((tmp_path / "eval" / "images" / "vtoff").glob("*.png"))) == 3
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["size"] == [64, 48]
+
+    with pytest.raises(MissingFileError, match="strict"):
+        evaluate(model, str(synthetic_root), tmp_path / "eval2", protocols=["vton_paired"],
+                 opts=EvalOptions(num_inference_steps=1, max_items=2, weights_dir=str(no_backbones), strict=True))
+    with pytest.raises(ConfigError, match="protocol"):
+        evaluate(model, str(synthetic_root), tmp_path / "eval3", protocols=["fid"])
+
+
+def test_evaluate_cli_on_a_checkpoint(tmp_path, synthetic_root, no_backbones):
+    from training.cli import main
+
+    ckpt = save_twgtm(make_tiny_model(1), tmp_path / "m.safetensors", include_base=True)
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(synthetic_root), "--out", str(tmp_path / "ev"),
+               "--protocol", "vtoff", "--steps", "1", "--max-items", "2", "--weights-dir", str(no_backbones),
+               "--tryoff-region", "gt_box", "--device", "cpu"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert summary["settings"]["tryoff_region"] == "gt_box" and summary["protocols"]["vtoff"]["items"] == 2
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors"), "--data", str(synthetic_root)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- baseline report
+def test_baseline_report_compares_model_and_every_baseline(tmp_path, synthetic_root, no_backbones):
+    run = load_run_config(REPO / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=2",
+        f"eval.weights_dir={no_backbones}"])
+    report = baseline_report(make_tiny_model(0), run, tmp_path / "report", timings={"stage1_s": 1.0})
+    assert report["items"] == 4
+    rows = report["results"]
+    assert set(rows["tryon"]) == {"model", "person_unchanged", "masked_person"}
+    assert set(rows["tryoff"]) == {"model", "person_resized", "mean_garment"}
+    assert set(rows["mask"]) == {"model", "mean_mask"}
+    assert rows["tryon"]["person_unchanged"]["region_l1"] < rows["tryon"]["person_unchanged"]["changed_l1"]
+    assert len(report["comparisons"]) == len(PRIMARY_COMPARISONS)
+    assert report["passed"] == all(c["model_better"] for c in report["comparisons"])
+    for c in report["comparisons"]:
+        assert c["model_better"] == ((c["model"] > c["baseline_value"]) if c["metric"].endswith(("ssim", "iou"))
+                                     else (c["model"] < c["baseline_value"]))
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["comparisons"] == report["comparisons"] and saved["timings"]["stage1_s"] == 1.0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "person_unchanged" in md and "mean_garment" in md and "Rule" in md
+    assert (tmp_path / "report" / "grid.png").is_file()

@@ -1,0 +1,212 @@
+"""The trainer: 2-step runs of every stage, exact resume after SIGKILL, export round trip, config, sampler."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from twgtm.errors import ConfigError, MissingFileError, WeightsError
+from twgtm.weights import load_twgtm, read_metadata
+
+from training.config import apply_overrides, load_run_config
+from training.trainer import (ResumableBatchSampler, build_stage_model, configure_torch, find_checkpoint,
+                              load_catvton_attention, make_accelerator, prepare_data, stage_model_path, train_stage)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+LOSS_COLUMNS = ("step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm")
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_run(out: Path, *extra: str):
+    return load_run_config(TINY, [f"output_dir={out}", "threads=1", *extra])
+
+
+def _log_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return [{k: r[k] for k in LOSS_COLUMNS} for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_run_config_yaml_overrides_and_errors(tmp_path):
+    run = load_run_config(TINY, ["stage1.max_steps=7", "stage2.batch_size=3", f"output_dir={tmp_path}/x"])
+    assert run.stage1.max_steps == 7 and run.stage2.batch_size == 3
+    assert run.resolve("${output_dir}/data") == f"{tmp_path}/x/data"
+    assert run.model.build().height == 64
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_run_config(TINY, ["stage1.max_stepz=3"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_run_config(TINY, ["stage1.max_steps=abc"])
+    with pytest.raises(ConfigError, match="include_base"):
+        load_run_config(TINY, ["export.include_base=false"])
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+    for name in ("synthetic_cpu.yaml", "paper_vitonhd_dresscode.yaml"):
+        data = __import__("yaml").safe_load((REPO / "configs" / name).read_text())
+        assert isinstance(data, dict) and data["model"]["preset"] in ("tiny", "full")
+
+
+def test_paper_config_names_missing_weights(tmp_path):
+    run = load_run_config(REPO / "configs" / "paper_vitonhd_dresscode.yaml", [f"output_dir={tmp_path}"])
+    assert run.model.build().height == 1024 and run.mixed_precision == "bf16"
+    assert run.weights.unet and run.weights.clip_vision and run.weights.swin
+    with pytest.raises(MissingFileError, match="expected"):
+        build_stage_model(load_run_config(REPO / "configs" / "paper_vitonhd_dresscode.yaml", [
+            f"output_dir={tmp_path}", f"weights.unet={tmp_path}/nope", f"weights.vae={tmp_path}/nope",
+            f"weights.clip_vision={tmp_path}/nope", f"weights.text_encoder={tmp_path}/nope"]), 1)
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+def test_resumable_sampler_continues_and_partitions():
+    full = ResumableBatchSampler(10, 3, seed=5)
+    stream = [full.batch(m) for m in range(8)]
+    later = iter(ResumableBatchSampler(10, 3, seed=5, start=5))
+    assert [next(later) for _ in range(3)] == stream[5:8]
+    flat = [i for b in stream for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # epochs are permutations
+    assert flat[:10] != flat[10:20]
+    r0, r1 = (ResumableBatchSampler(8, 2, seed=5, rank=r, world=2) for r in (0, 1))
+    both = [i for m in range(2) for i in r0.batch(m) + r1.batch(m)]
+    assert sorted(both) == list(range(8))  # the two ranks split each global batch: one epoch, no repeats
+    assert both == [i for m in range(4) for i in ResumableBatchSampler(8, 2, seed=5).batch(m)]
+
+
+# ---------------------------------------------------------------------------------------------- all stages
+def test_two_steps_of_every_stage_and_export_round_trip(tmp_path):
+    from training.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(TINY), "--output-dir", str(out), "--set", "threads=1", "--cpu"])
+    assert rc == 0
+    assert (out / "stage0" / "vae.safetensors").is_file()
+    for stage in (1, 2):
+        rows = _log_rows(out / f"stage{stage}" / "log.csv")
+        assert [r["step"] for r in rows] == ["1", "2"]
+        assert all(float(r["loss"]) == float(r["loss"]) and float(r["loss"]) > 0 for r in rows)
+        assert find_checkpoint(tiny_run(out), stage, "auto").name == "step-000002"
+        assert read_metadata(stage_model_path(tiny_run(out), stage))["stage"] == str(stage)
+    s1 = load_file(str(out / "stage1" / "model.safetensors"))
+    s2 = load_file(str(out / "stage2" / "model.safetensors"))
+    assert any(k.startswith("decoder.") for k in s2) and not any(k.startswith("decoder.") for k in s1)
+    assert any(".processor." in k for k in s2) and not any(".processor." in k for k in s1)
+    assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith("unet.")), "stage 2 trained the UNet"
+
+    # stage 2 starts from stage 1's weights: every stage-1 tensor is carried over unchanged
+    run = tiny_run(out)
+    start2 = build_stage_model(run, 2).state_dict()
+    assert all(torch.equal(start2[k], v) for k, v in s1.items())
+    zll = [v for k, v in start2.items() if k.endswith("zll.weight")]
+    assert zll and all(bool((z == 0).all()) for z in zll)
+
+    # export round trip: the exported file is self-contained and reproduces the trained model
+    exported = out / "twgtm_tiny.safetensors"
+    meta = read_metadata(exported)
+    assert meta["includes_base"] == "1" and meta["stage"] == "2"
+    model = load_twgtm(exported)
+    assert model.stage == 2
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in s2.items())
+    from twgtm.pipeline import TWGTMPipeline
+
+    person = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    outs = [TWGTMPipeline(m).try_off(person, "upper", num_inference_steps=2, generator=3).images
+            for m in (model, load_twgtm(exported))]
+    assert outs[0].shape == (1, 3, 64, 48) and torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------------------------------- exact resume
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    extra = ["stage0.enabled=false", "stage1.max_steps=4", "stage1.checkpoint_every=1", "stage1.keep_checkpoints=10"]
+    run_a = tiny_run(tmp_path / "a", *extra)
+    configure_torch(run_a)
+    acc = make_accelerator(run_a, cpu=True)
+    prepare_data(run_a, acc)
+    train_stage(run_a, 1, acc, resume=None)
+
+    # the same run in a subprocess, killed with SIGKILL once the step-2 checkpoint is complete
+    out_b = tmp_path / "b"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "training", "--log-level", "WARNING", "train", "--config", str(TINY), "--stage", "1",
+           "--output-dir", str(out_b), "--cpu", "--resume", "none", "--set", "threads=1"] + \
+          [a for e in extra for a in ("--set", e)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = out_b / "stage1" / "checkpoints" / "step-000002" / "trainer_state.json"
+    deadline = time.time() + 120
+    while not marker.is_file():
+        if proc.poll() is not None:
+            pytest.fail(f"training subprocess exited early: {proc.stderr.read().decode()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("training subprocess wrote no step-2 checkpoint within 120 s")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    run_b = tiny_run(out_b, *extra)
+    assert not stage_model_path(run_b, 1).exists(), "the subprocess must have been interrupted"
+    resumed_from = find_checkpoint(run_b, 1, "auto")
+    assert resumed_from is not None and int(resumed_from.name.split("-")[1]) < 4
+
+    res = train_stage(run_b, 1, acc, resume="auto")
+    assert res.steps == 4
+    a, b = load_file(str(stage_model_path(run_a, 1))), load_file(str(stage_model_path(run_b, 1)))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_rows(run_a.output_path / "stage1" / "log.csv") == _log_rows(run_b.output_path / "stage1" / "log.csv")
+    # optimiser state and LR schedule too: the final checkpoints hold identical optimiser tensors
+    oa = torch.load(run_a.output_path / "stage1/checkpoints/step-000004/optimizer.bin", weights_only=True)
+    ob = torch.load(run_b.output_path / "stage1/checkpoints/step-000004/optimizer.bin", weights_only=True)
+    assert oa["param_groups"] == ob["param_groups"]
+    assert all(torch.equal(oa["state"][i][k], ob["state"][i][k]) for i in oa["state"] for k in oa["state"][i])
+
+
+# ---------------------------------------------------------------------------------------------- CatVTON warm start
+def test_catvton_attention_layout_loads_into_every_attn1(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from twgtm.config import TWGTMConfig
+
+    cfg = TWGTMConfig.tiny()
+    torch.manual_seed(1)
+    src = UNet2DConditionModel(**cfg.unet)
+    # CatVTON: ModuleList of every module whose name contains "attn1", saved by accelerate (first name of a
+    # shared tensor kept)
+    attn = nn.ModuleList([m for n, m in src.named_modules() if "attn1" in n])
+    seen, state = set(), {}
+    for k, v in attn.state_dict().items():
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            state[k] = v.clone()
+    assert "0.to_q.weight" in state and not any(k.split(".")[1] == "weight" for k in state if k.startswith("1."))
+    folder = tmp_path / "attention"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+
+    torch.manual_seed(2)
+    dst = UNet2DConditionModel(**cfg.unet)
+    n = load_catvton_attention(dst, str(folder))
+    src_attn = {k: v for k, v in src.state_dict().items() if ".attn1.to_" in k}
+    dst_sd = dst.state_dict()
+    assert n == len([1 for name, _ in dst.named_modules() if name.endswith("attn1")]) > 0
+    assert all(torch.equal(dst_sd[k], v) for k, v in src_attn.items())
+    assert not torch.equal(dst_sd["conv_in.weight"], src.state_dict()["conv_in.weight"])  # only attn1 is loaded
+
+    with pytest.raises(MissingFileError, match="mix-48k-1024/attention"):
+        load_catvton_attention(dst, str(tmp_path / "missing"))
+    save_file({k: v for k, v in state.items() if not k.startswith("0.")}, str(tmp_path / "short.safetensors"))
+    with pytest.raises(WeightsError, match="attn1 blocks"):
+        load_catvton_attention(dst, str(tmp_path / "short.safetensors"))

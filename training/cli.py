@@ -1,0 +1,296 @@
+"""Command line of ``python -m training`` (also ``accelerate launch -m training ...``).
+
+Commands::
+
+    main      generate the synthetic data, train stage 0/1/2, export, write the baseline report
+    train     one or all stages of a run (resumable: --resume auto, the default)
+    evaluate  the paper's protocols (VTON paired/unpaired, VTOFF) on a dataset's test split
+    export    copy the last stage's weights to the file the nodes load
+    report    the synthetic baseline report for a run's exported model
+
+Examples::
+
+    python -m training main                                   # synthetic preset on CPU, runs/synthetic
+    python -m training train --config configs/paper_vitonhd_dresscode.yaml --stage 1 --output-dir runs/paper
+    accelerate launch -m training train --config configs/paper_vitonhd_dresscode.yaml --stage all
+    python -m training evaluate --checkpoint runs/paper/twgtm_paper.safetensors --data /data/zalando-hd-resized \\
+        --config configs/paper_vitonhd_dresscode.yaml --out runs/paper/eval
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from twgtm.errors import TWGTMError
+
+logger = logging.getLogger("training")
+
+_REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "configs/synthetic_cpu.yaml"
+
+
+def _config_path(text: Optional[str]) -> Optional[Path]:
+    if text is None:
+        return None
+    p = Path(text)
+    if not p.is_file() and not p.is_absolute() and (_REPO / p).is_file():
+        return _REPO / p  # configs/... relative to the project when not found from the working directory
+    return p
+
+
+def _load(args) -> "RunConfig":  # noqa: F821
+    from .config import load_run_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "output_dir", None):
+        overrides.append(f"output_dir={args.output_dir}")
+    return load_run_config(_config_path(args.config), overrides)
+
+
+def _apply_max_steps(run, stages: Sequence[int], max_steps: Optional[int]) -> None:
+    if max_steps is None:
+        return
+    for s in stages:
+        if s == 0:
+            run.stage0.max_steps = max_steps
+        else:
+            run.stage(s).max_steps = max_steps
+
+
+def _add_run_args(p: argparse.ArgumentParser, config_default: Optional[str]) -> None:
+    p.add_argument("--config", default=config_default, help="run YAML (configs/*.yaml)")
+    p.add_argument("--output-dir", help="override output_dir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config value by dotted path, e.g. --set stage1.batch_size=8 (repeatable)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description="TWGTM training, evaluation and export")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("main", help="the synthetic end-to-end job: data, stage 0/1/2, export, report")
+    _add_run_args(p, DEFAULT_CONFIG)
+    p.add_argument("--max-steps", type=int, help="max steps of every stage (stage 0 included)")
+    p.add_argument("--resume", default="auto", help="auto (default: continue where a killed job stopped) or none")
+
+    p = sub.add_parser("train", help="train one stage or all")
+    _add_run_args(p, None)
+    p.add_argument("--stage", default="all", choices=["0", "1", "2", "all"], help="stage to train (all: 0 if enabled, 1, 2, export)")
+    p.add_argument("--max-steps", type=int, help="max optimiser steps of the stage(s) trained now")
+    p.add_argument("--resume", default="auto", help="auto (newest checkpoint of the stage), none, or a checkpoint folder")
+    p.add_argument("--stop-after", type=int, help="checkpoint and stop at this step (time-boxed jobs, tests)")
+
+    p = sub.add_parser("evaluate", help="VTON paired/unpaired and VTOFF protocols on a test split")
+    p.add_argument("--checkpoint", required=True, help="TWGTM .safetensors file")
+    p.add_argument("--data", required=True, help="dataset root (VITON-HD or DressCode layout)")
+    p.add_argument("--out", help="output folder (default: <checkpoint folder>/eval)")
+    p.add_argument("--config", help="run YAML: base weight paths and eval defaults (eval: section)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (with --config)")
+    p.add_argument("--protocol", nargs="+", default=["vton_paired", "vton_unpaired", "vtoff"],
+                   choices=["vton_paired", "vton_unpaired", "vtoff"])
+    p.add_argument("--kind", default="auto", choices=["auto", "vitonhd", "dresscode"])
+    p.add_argument("--categories", nargs="+", help="DressCode categories (default: all present)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: eval.num_inference_steps)")
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "ddpm"])
+    p.add_argument("--eta", type=float, help="DDIM eta (default: the model config's)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-items", type=int, help="evaluate the first N test items only")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="evaluation size (default: the model's)")
+    p.add_argument("--tryoff-region", choices=["full", "gt_box", "pred_box"])
+    p.add_argument("--weights-dir", help="folder with LPIPS/DISTS torchvision backbones and the FID Inception file")
+    p.add_argument("--clip-dir", help="CLIP ViT-B/32 transformers folder (CLIP-FID)")
+    p.add_argument("--dino-dir", help="DINO ViT-S/16 transformers folder (DINO score)")
+    p.add_argument("--lpips-net", choices=["alex", "squeeze", "vgg"])
+    p.add_argument("--save-images", action="store_true", help="also write every generated image as PNG")
+    p.add_argument("--strict", action="store_true", help="fail if any metric had to be skipped")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+
+    p = sub.add_parser("export", help="write the final .safetensors the nodes load")
+    _add_run_args(p, None)
+    p.add_argument("--from", dest="source", help="weights to export (default: <output_dir>/stage2/model.safetensors)")
+    p.add_argument("--out", help="destination (default: export.filename)")
+
+    p = sub.add_parser("report", help="synthetic baseline report for a trained model")
+    _add_run_args(p, DEFAULT_CONFIG)
+    p.add_argument("--checkpoint", help="TWGTM file (default: export.filename)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def _stages(run, which: str) -> list[int]:
+    if which == "all":
+        return ([0] if run.stage0.enabled else []) + [1, 2]
+    return [int(which)]
+
+
+def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accelerator) -> dict[str, float]:
+    from .config import dump_run_config
+    from .trainer import build_train_dataset, export_model, model_config, prepare_data, train_stage
+
+    timings: dict[str, float] = {}
+    if accelerator.is_main_process:
+        dump_run_config(run, run.output_path / "config.yaml")
+    t0 = time.perf_counter()
+    prepare_data(run, accelerator)
+    timings["data_s"] = round(time.perf_counter() - t0, 1)
+    resume_arg = None if resume in ("none", "no", "") else resume
+    for stage in stages:
+        t0 = time.perf_counter()
+        if stage == 0:
+            from .stage0_vae import train_vae
+
+            cfg = run.model.build()
+            train_vae(run, cfg, build_train_dataset(run, cfg), accelerator)
+        else:
+            res = train_stage(run, stage, accelerator, resume=resume_arg, stop_after=stop_after)
+            if stop_after is not None and res.steps >= stop_after and stage == stages[-1]:
+                pass
+        timings[f"stage{stage}_s"] = round(time.perf_counter() - t0, 1)
+    if stages and stages[-1] == 2 and stop_after is None and accelerator.is_main_process:
+        t0 = time.perf_counter()
+        export_model(run)
+        timings["export_s"] = round(time.perf_counter() - t0, 1)
+    return timings
+
+
+def cmd_train(args) -> int:
+    from .trainer import configure_torch, make_accelerator
+
+    run = _load(args)
+    stages = _stages(run, args.stage)
+    _apply_max_steps(run, stages, args.max_steps)
+    configure_torch(run)
+    accelerator = make_accelerator(run, cpu=args.cpu)
+    timings = _train(run, stages, args.resume, args.stop_after, accelerator)
+    logger.info("done: %s", json.dumps(timings))
+    return 0
+
+
+def cmd_main(args) -> int:
+    from .trainer import configure_torch, make_accelerator
+
+    t_all = time.perf_counter()
+    run = _load(args)
+    stages = _stages(run, "all")
+    _apply_max_steps(run, stages, args.max_steps)
+    configure_torch(run)
+    accelerator = make_accelerator(run, cpu=args.cpu)
+    timings_path = run.output_path / "timings.json"
+    previous = json.loads(timings_path.read_text()) if timings_path.is_file() and args.resume == "auto" else {}
+    timings = _train(run, stages, args.resume, None, accelerator)
+    if accelerator.is_main_process:
+        t0 = time.perf_counter()
+        report = _report(run, None, {**previous, **timings})
+        timings["report_s"] = round(time.perf_counter() - t0, 1)
+        timings["total_s"] = round(time.perf_counter() - t_all, 1)
+        timings_path.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
+        logger.info("main job finished in %.1f s; report: %s (passed=%s)", timings["total_s"],
+                    run.output_path / "report" / "report.md", report["passed"])
+    return 0
+
+
+def _report(run, checkpoint: Optional[str], timings: Optional[dict] = None) -> dict:
+    import torch
+
+    from twgtm.weights import load_twgtm
+
+    from .report import baseline_report
+    from .trainer import _base_sources
+
+    path = checkpoint or run.resolve(run.export.filename)
+    base = None if run.export.include_base else _base_sources(run)
+    model = load_twgtm(path, base=base, device="cuda" if torch.cuda.is_available() else "cpu")
+    return baseline_report(model, run, run.output_path / "report", timings=timings)
+
+
+def cmd_report(args) -> int:
+    from .trainer import configure_torch
+
+    run = _load(args)
+    configure_torch(run)
+    report = _report(run, args.checkpoint)
+    return 0 if report["passed"] else 1
+
+
+def cmd_export(args) -> int:
+    from .trainer import export_model
+
+    run = _load(args)
+    out = export_model(run, Path(args.source) if args.source else None, args.out)
+    logger.info("exported %s", out)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from twgtm.weights import BaseSources
+
+    from .evaluate import EvalOptions, evaluate_checkpoint
+
+    base = None
+    ev = None
+    if args.config:
+        from .config import load_run_config
+        from .trainer import _base_sources, configure_torch
+
+        run = load_run_config(_config_path(args.config), list(args.set or []))
+        configure_torch(run)
+        base, ev = _base_sources(run), run.eval
+    opts = EvalOptions()
+    if ev is not None:
+        for k in ("num_inference_steps", "guidance_scale", "scheduler", "eta", "seed", "batch_size", "max_items",
+                  "tryoff_region", "weights_dir", "clip_dir", "dino_dir", "lpips_net"):
+            setattr(opts, k, getattr(ev, k))
+    cli = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "scheduler": args.scheduler,
+           "eta": args.eta,
+           "seed": args.seed, "batch_size": args.batch_size, "max_items": args.max_items,
+           "tryoff_region": args.tryoff_region, "weights_dir": args.weights_dir, "clip_dir": args.clip_dir,
+           "dino_dir": args.dino_dir, "lpips_net": args.lpips_net,
+           "size": tuple(args.size) if args.size else None, "categories": args.categories}
+    for k, v in cli.items():
+        if v is not None:
+            setattr(opts, k, v)
+    opts.save_images, opts.strict, opts.kind = args.save_images, args.strict, args.kind
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    out = args.out or str(Path(args.checkpoint).parent / "eval")
+    summary = evaluate_checkpoint(args.checkpoint, args.data, out, base=base if base and base.unet else None,
+                                  protocols=args.protocol, opts=opts, device=device, dtype=dtype)
+    logger.info("evaluation written to %s (%s)", Path(out) / "evaluation.md",
+                ", ".join(f"{p}: {v['items']} items" for p, v in summary["protocols"].items()))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    handlers = {"main": cmd_main, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export,
+                "report": cmd_report}
+    try:
+        return handlers[args.command](args)
+    except TWGTMError as exc:
+        logger.error("%s", exc)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        from .datasets import DatasetError
+
+        if isinstance(exc, DatasetError):
+            logger.error("%s", exc)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The run configuration: YAML <-> dataclasses.
+
+A run file (``configs/*.yaml``) has these sections, each a dataclass below; every field has a default,
+so a file only names what differs::
+
+    name, output_dir, seed, threads, mixed_precision, gradient_checkpointing, allow_tf32
+    model:    preset (tiny | full) + overrides (merged into TWGTMConfig, e.g. height, unet, ...)
+    weights:  where the pretrained base components live (local folders/files), or random_base
+    data:     datasets (VITON-HD / DressCode roots) and/or a synthetic set to generate
+    stage0:   the toy preset's own VAE (synthetic data only)
+    stage1, stage2: optimiser, batch, steps, checkpoint / log / sample cadence per stage
+    eval:     sampler settings and metric backbones for ``python -m training evaluate`` and the report
+    export:   the final ``.safetensors`` file
+
+Strings may use ``${output_dir}`` (the run's output folder), ``${name}`` and ``${config_dir}`` (the
+folder of the YAML file). CLI overrides use dotted paths: ``--set stage1.max_steps=10``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from twgtm.config import TWGTMConfig
+from twgtm.errors import ConfigError
+
+__all__ = [
+    "DatasetSpec", "SyntheticSpec", "DataConfig", "WeightsConfig", "ModelSection", "Stage0Config", "StageConfig",
+    "EvalConfig", "ExportConfig", "RunConfig", "load_run_config", "apply_overrides", "dump_run_config",
+]
+
+
+@dataclass
+class DatasetSpec:
+    kind: str = "vitonhd"                  # "vitonhd" or "dresscode" (training.datasets readers)
+    root: str = ""                         # dataset root folder
+    categories: Optional[list[str]] = None  # DressCode categories to read (None: every one present)
+
+
+@dataclass
+class SyntheticSpec:
+    root: str = "${output_dir}/data"       # where training.synthetic writes the set (skipped if present)
+    n_train: int = 256                     # training items
+    n_test: int = 32                       # held-out items (unpaired pairs with rendered ground truth)
+    height: int = 64                       # rendered size; the reader resizes to the model size anyway
+    width: int = 48
+    seed: int = 0
+    categories: list[str] = field(default_factory=lambda: ["upper", "lower", "dress"])
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetSpec] = field(default_factory=list)  # training sets, concatenated
+    synthetic: Optional[SyntheticSpec] = None  # generate this set and train on it (VITON-HD layout)
+    cache_in_memory: bool = False          # decode every item once (small sets: the synthetic preset)
+    num_workers: int = 0                   # DataLoader workers (0: in the main process)
+    hflip: bool = False                    # mirror person, garment and masks together with p = 0.5
+    eval_split: str = "test"               # split used for the training-time sample grid and the report
+
+
+@dataclass
+class WeightsConfig:
+    """Local base weights (never downloaded). See docs/TRAINING.md for the folder layout."""
+
+    random_base: bool = False              # toy preset: random UNet / CLIP, seeded random prompt encoder
+    unet: Optional[str] = None             # SD1.5-inpainting diffusers root (or unet/ folder, or single file)
+    vae: Optional[str] = None              # VAE folder / file (SD root, sd-vae-ft-mse folder, ...)
+    clip_vision: Optional[str] = None      # CLIP ViT-L/14 image encoder (transformers folder or file)
+    text_encoder: Optional[str] = None     # SD1.5 text encoder (SD root or text_encoder/ folder)
+    tokenizer: Optional[str] = None        # SD1.5 tokenizer folder (default: <text_encoder root>/tokenizer)
+    swin: Optional[str] = None             # timm Swin-B weight file (swin_base_patch4_window12_384)
+    catvton_attention: Optional[str] = None  # CatVTON 'attention' folder or its model.safetensors (warm start)
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"                   # "tiny" or "full" (TWGTMConfig.tiny() / .full())
+    overrides: dict[str, Any] = field(default_factory=dict)  # deep-merged into the preset's fields
+
+    def build(self) -> TWGTMConfig:
+        if self.preset not in ("tiny", "full"):
+            raise ConfigError(f"model.preset: expected 'tiny' or 'full', got {self.preset!r}")
+        base = (TWGTMConfig.tiny() if self.preset == "tiny" else TWGTMConfig.full()).to_dict()
+        return TWGTMConfig.from_dict(_deep_merge(base, self.overrides))
+
+
+@dataclass
+class Stage0Config:
+    enabled: bool = False                  # fit the toy preset's own VAE before stage 1
+    init: str = "lowpass"                  # "lowpass": start as a colour-exact low-pass autoencoder; "random"
+    max_steps: int = 300
+    batch_size: int = 8
+    lr: float = 3e-5
+    kl_weight: float = 1e-6                # small KL, as the SD VAE (latents stay informative)
+    warmup_steps: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 100
+    eval_every: int = 50                   # validation L1 on held-out images; the best weights are kept
+
+
+@dataclass
+class StageConfig:
+    max_steps: int = 16000                 # optimiser steps
+    batch_size: int = 1                    # per device and micro-step
+    grad_accum: int = 1                    # micro-steps per optimiser step
+    lr_unet: float = 1e-5                  # UNet Transformer2D modules (spec 1.6)
+    lr_new: float = 1e-4                   # Q-Former, SRM heads, Decoder, Extended Attention
+    lr_swin: float = 1e-5                  # Swin (backbone multiplier 0.1)
+    lr_unet_base: Optional[float] = None   # toy only: also train the UNet's conv/resnet base (None: frozen)
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    grad_clip: float = 1.0                 # max gradient norm (0: off)
+    vtoff_prob: float = 0.5                # share of try-off samples in every batch
+    checkpoint_every: int = 1000           # optimiser steps between resumable checkpoints
+    keep_checkpoints: int = 2              # older ones are deleted
+    log_every: int = 10                    # steps between CSV rows
+    sample_every: int = 2000               # steps between sample grids (0: never)
+    sample_steps: int = 10                 # DDIM steps for the sample grid
+    num_samples: int = 4                   # items in the sample grid
+
+
+@dataclass
+class EvalConfig:
+    num_inference_steps: int = 50
+    guidance_scale: float = 2.5
+    scheduler: str = "ddim"
+    eta: Optional[float] = None            # DDIM eta for evaluation (None: the model config's, CatVTON's 1.0)
+    seed: int = 0
+    batch_size: int = 8
+    max_items: Optional[int] = None        # evaluate only the first N test items
+    tryoff_region: str = "full"            # "full" (mask-free), "gt_box" (Mask2BBox gt) or "pred_box"
+    weights_dir: Optional[str] = None      # torchvision / Inception backbone files (LPIPS, DISTS, FID, KID)
+    clip_dir: Optional[str] = None         # CLIP ViT-B/32 transformers folder (CLIP-FID)
+    dino_dir: Optional[str] = None         # DINO ViT-S/16 transformers folder (DINO score)
+    lpips_net: str = "alex"
+
+
+@dataclass
+class ExportConfig:
+    filename: str = "${output_dir}/twgtm_${name}.safetensors"
+    include_base: bool = False             # also store VAE / UNet base / CLIP (self-contained file)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs/${name}"
+    seed: int = 0
+    threads: Optional[int] = None          # torch CPU threads (None: torch's default)
+    mixed_precision: str = "no"            # "no", "bf16" or "fp16" (accelerate autocast)
+    gradient_checkpointing: bool = False   # UNet and SRM
+    allow_tf32: bool = True
+    model: ModelSection = field(default_factory=ModelSection)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage0: Stage0Config = field(default_factory=Stage0Config)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(max_steps=32000))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    config_dir: str = "."                  # set by load_run_config: folder of the YAML file
+
+    # ------------------------------------------------------------------ helpers
+    def stage(self, index: int) -> StageConfig:
+        if index not in (1, 2):
+            raise ConfigError(f"stage: expected 1 or 2, got {index!r}")
+        return self.stage1 if index == 1 else self.stage2
+
+    def resolve(self, text: Optional[str]) -> Optional[str]:
+        """Expand ``${output_dir}``, ``${name}``, ``${config_dir}`` and ``~`` in a path string."""
+        if text is None:
+            return None
+        out = str(text).replace("${name}", self.name).replace("${config_dir}", self.config_dir)
+        if "${output_dir}" in out:
+            out = out.replace("${output_dir}", self.output_path.as_posix())
+        return os.path.expanduser(out)
+
+    @property
+    def output_path(self) -> Path:
+        return Path(os.path.expanduser(self.output_dir.replace("${name}", self.name)))
+
+    def validate(self) -> "RunConfig":
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"mixed_precision: expected 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if not self.data.datasets and self.data.synthetic is None:
+            raise ConfigError("data: expected at least one entry in data.datasets or a data.synthetic section, got neither")
+        for spec in self.data.datasets:
+            if spec.kind not in ("vitonhd", "dresscode"):
+                raise ConfigError(f"data.datasets[].kind: expected 'vitonhd' or 'dresscode', got {spec.kind!r}")
+        if self.stage0.init not in ("lowpass", "random"):
+            raise ConfigError(f"stage0.init: expected 'lowpass' or 'random', got {self.stage0.init!r}")
+        if self.stage0.enabled and self.data.synthetic is None:
+            raise ConfigError("stage0.enabled: the own-VAE stage is for the synthetic preset; expected data.synthetic")
+        for i in (1, 2):
+            s = self.stage(i)
+            for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints"):
+                v = getattr(s, name)
+                if not isinstance(v, int) or v < (0 if name == "max_steps" else 1):
+                    raise ConfigError(f"stage{i}.{name}: expected a positive int, got {v!r}")
+            if s.lr_unet_base is not None and not self.export.include_base:
+                raise ConfigError(f"stage{i}.lr_unet_base: training the UNet base changes base weights, so "
+                                  "export.include_base must be true; got false")
+        if self.eval.tryoff_region not in ("full", "gt_box", "pred_box"):
+            raise ConfigError(f"eval.tryoff_region: expected 'full', 'gt_box' or 'pred_box', got {self.eval.tryoff_region!r}")
+        if not self.weights.random_base:
+            missing = [n for n in ("unet", "vae", "clip_vision", "text_encoder") if getattr(self.weights, n) is None]
+            if missing and not self.stage0.enabled:
+                raise ConfigError(f"weights: expected local paths for {missing} (or weights.random_base: true for a toy run)")
+        self.model.build()  # raises ConfigError on a bad model section
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("config_dir")
+        return _plain(d)
+
+
+# ---------------------------------------------------------------------------------------------- (de)serialisation
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Coerce a YAML value to the annotated type (dataclasses, lists, tuples, Optional, scalars)."""
+    origin = get_origin(hint)
+    if origin is Union:
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        args = get_args(hint)
+        if origin is tuple:
+            return tuple(_convert(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value))
+        return [_convert(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__} {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; expected a subset of {names}")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a plain config dict."""
+    out = copy.deepcopy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set: expected 'dotted.key=value', got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set: expected a key before '=', got {item!r}")
+        node = out
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = node[p]
+        node[parts[-1]] = _parse_scalar(raw)
+    return out
+
+
+def load_run_config(path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None,
+                    data: Optional[dict[str, Any]] = None) -> RunConfig:
+    """Read a YAML run file (or a dict), apply ``--set`` overrides and validate."""
+    config_dir = "."
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config: expected a YAML file, got {str(p)!r} (not found)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {p}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {p}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = _deep_merge(loaded, data or {})
+        config_dir = str(p.resolve().parent)
+    merged = apply_overrides(data or {}, overrides or [])
+    run = _from_dict(RunConfig, merged, "")
+    run.config_dir = config_dir
+    return run.validate()
+
+
+def dump_run_config(run: RunConfig, path: str | os.PathLike) -> Path:
+    """Write the effective configuration next to the run's outputs (``<output_dir>/config.yaml``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(run.to_dict(), sort_keys=False), encoding="utf-8")
+    return p

@@ -1,0 +1,633 @@
+"""The two-stage TWGTM trainer (spec 1.5-1.6), on accelerate.
+
+One command runs on one CPU, one GPU, or many GPUs and nodes (``accelerate launch -m training train ...``).
+
+* **Stage 1** trains the UNet Transformer2D modules, Q-Former, Swin, pixel decoder, TaskFormer and heads
+  with ``L_diff + lambda * L_mask``; **stage 2** starts from stage 1's weights, creates the Decoder and
+  the Extended Attention processors (ZLL zero-initialised, so the model starts equal to stage 1) and
+  trains with ``L_diff``. Both tasks are mixed in every batch and the classifier-free-guidance drop is
+  applied per sample; all of that is :meth:`twgtm.model.TWGTMModel.compute_loss` /
+  ``parameter_groups`` / ``enable_stage2``, which this module only drives.
+* **Exact resume.** A checkpoint (``<stage dir>/checkpoints/step-NNNNNN/``) holds accelerate's state
+  (model, optimiser, grad scaler, RNG states) plus ``trainer_state.json`` (step, LR schedule, data
+  position), written last so a half-written checkpoint is never picked. Every random draw of a training
+  step comes from a generator seeded by (seed, stage, step, micro-step, rank), and the data order is a
+  permutation per epoch seeded by (seed, epoch): a run killed with SIGKILL and resumed reaches exactly
+  the state of an uninterrupted run.
+* **Outputs** per stage: ``log.csv`` (losses, learning rates, gradient norm, speed), ``samples/step-N.png``
+  (try-on and try-off grids), ``model.safetensors`` (the stage's weights, TWGTM format).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn as nn
+from diffusers import DDPMScheduler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from twgtm.config import TWGTMConfig
+from twgtm.errors import ConfigError, MissingFileError, WeightsError
+from twgtm.model import TWGTMModel
+from twgtm.weights import BaseSources, build_from_sources, load_twgtm, save_twgtm
+
+from .config import RunConfig, StageConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "make_accelerator", "configure_torch", "prepare_data", "build_train_dataset", "build_eval_dataset",
+    "model_config", "build_stage1_model", "load_catvton_attention", "TrainingObjective", "ResumableBatchSampler",
+    "train_stage", "stage_model_path", "find_checkpoint", "export_model", "StageResult",
+]
+
+STATE_FILE = "trainer_state.json"
+_CKPT_RE = re.compile(r"^step-(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def configure_torch(run: RunConfig) -> None:
+    """CPU threads and TF32, before anything is built."""
+    if run.threads:
+        torch.set_num_threads(int(run.threads))
+    if run.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def make_accelerator(run: RunConfig, *, cpu: bool = False):
+    """An ``Accelerator`` for this run (mixed precision from the config; DDP tolerates unused modules:
+    in stage 1 the SRM gets no gradient on a batch without try-off samples)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(mixed_precision=run.mixed_precision, cpu=cpu,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def _seed_from(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of ints/strings (stable across processes and Python runs)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+# ---------------------------------------------------------------------------------------------- data
+class CachedDataset(Dataset):
+    """Every item decoded once, up front (small sets only)."""
+
+    def __init__(self, base: Dataset):
+        self.items = [base[i] for i in range(len(base))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+class FlipDataset(Dataset):
+    """Indices are ``(index, flip)`` pairs from :class:`ResumableBatchSampler`; ``flip`` mirrors every image
+    and mask of the item (person, garment and both masks stay consistent)."""
+
+    _IMAGE_KEYS = ("person", "garment", "person_mask", "garment_mask", "garment_target")
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key) -> dict:
+        index, flip = key if isinstance(key, tuple) else (key, False)
+        item = self.base[index]
+        if flip:
+            item = dict(item)
+            for k in self._IMAGE_KEYS:
+                if k in item:
+                    item[k] = torch.flip(item[k], dims=(-1,))
+        return item
+
+
+class ResumableBatchSampler:
+    """Infinite, seeded, resumable batches for one process.
+
+    Sample positions form one stream: position ``p`` is item ``perm_e[p % n]`` of epoch ``e = p // n``,
+    ``perm_e`` a permutation seeded by (seed, e). Micro-batch ``m`` of the whole job covers positions
+    ``[m * G, (m + 1) * G)`` with ``G = batch_size * world``; process ``rank`` takes its ``batch_size``
+    slice. Starting at micro-batch ``start`` therefore continues exactly where a run stopped.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, start: int = 0, rank: int = 0, world: int = 1,
+                 hflip: bool = False):
+        if n < 1:
+            raise ConfigError(f"dataset: expected at least one training item, got {n}")
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+        self.rank, self.world, self.hflip = rank, world, hflip
+        self._perm_cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perm_cache:
+            g = torch.Generator().manual_seed(_seed_from("data", self.seed, epoch))
+            self._perm_cache = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perm_cache[epoch]
+
+    def _flip(self, position: int) -> bool:
+        return bool(_seed_from("flip", self.seed, position) & 1)
+
+    def batch(self, micro: int) -> list:
+        g = self.batch_size * self.world
+        first = micro * g + self.rank * self.batch_size
+        out = []
+        for p in range(first, first + self.batch_size):
+            idx = int(self._perm(p // self.n)[p % self.n])
+            out.append((idx, self._flip(p)) if self.hflip else idx)
+        return out
+
+    def __iter__(self) -> Iterator[list]:
+        micro = self.start
+        while True:
+            yield self.batch(micro)
+            micro += 1
+
+
+def prepare_data(run: RunConfig, accelerator) -> None:
+    """Generate the synthetic set once (main process) if the run uses one and it is not there yet."""
+    spec = run.data.synthetic
+    if spec is None:
+        return
+    root = Path(run.resolve(spec.root))
+    if accelerator.is_main_process and not (root / "synthetic.json").is_file():
+        from .synthetic import generate
+
+        t0 = time.perf_counter()
+        generate(root, n_train=spec.n_train, n_test=spec.n_test, height=spec.height, width=spec.width,
+                 seed=spec.seed, categories=spec.categories)
+        logger.info("synthetic data: %d + %d items in %s (%.1f s)", spec.n_train, spec.n_test, root,
+                    time.perf_counter() - t0)
+    accelerator.wait_for_everyone()
+
+
+def _dataset_specs(run: RunConfig) -> list[tuple[str, str, Optional[list[str]]]]:
+    specs = [(s.kind, run.resolve(s.root), s.categories) for s in run.data.datasets]
+    if run.data.synthetic is not None:
+        specs.insert(0, ("vitonhd", run.resolve(run.data.synthetic.root), None))
+    return specs
+
+
+def _open(kind: str, root: str, categories, **kwargs) -> Dataset:
+    from .datasets import DressCodeDataset, VitonHDDataset
+
+    if kind == "vitonhd":
+        return VitonHDDataset(root, **kwargs)
+    return DressCodeDataset(root, categories=categories, **kwargs)
+
+
+def build_train_dataset(run: RunConfig, cfg: TWGTMConfig) -> Dataset:
+    """All training sets at the model size, concatenated (paired train split)."""
+    parts = [_open(kind, root, cats, split="train", pairs="paired", size=(cfg.height, cfg.width))
+             for kind, root, cats in _dataset_specs(run)]
+    ds: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    if run.data.cache_in_memory:
+        ds = CachedDataset(ds)
+    return FlipDataset(ds) if run.data.hflip else ds
+
+
+def build_eval_dataset(run: RunConfig, cfg: TWGTMConfig, *, pairs: str = "unpaired") -> Dataset:
+    """The held-out split of the first dataset (the synthetic set when there is one)."""
+    kind, root, cats = _dataset_specs(run)[0]
+    return _open(kind, root, cats, split=run.data.eval_split, pairs=pairs, size=(cfg.height, cfg.width))
+
+
+# ---------------------------------------------------------------------------------------------- model
+def model_config(run: RunConfig, stage: int) -> TWGTMConfig:
+    """The model config of a stage; with stage 0 its latent scaling factor comes from the own VAE."""
+    cfg = run.model.build()
+    cfg.stage = 1 if stage <= 1 else 2
+    if run.stage0.enabled:
+        from .stage0_vae import load_stage0_vae
+
+        _, scale = load_stage0_vae(run)
+        cfg.scaling_factor = scale
+    return cfg
+
+
+def _base_sources(run: RunConfig) -> BaseSources:
+    w = run.weights
+    return BaseSources(unet=run.resolve(w.unet), vae=run.resolve(w.vae), clip_vision=run.resolve(w.clip_vision),
+                       text_encoder=run.resolve(w.text_encoder), tokenizer=run.resolve(w.tokenizer),
+                       swin=run.resolve(w.swin))
+
+
+def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMModel:
+    """Stage 1's starting point: pretrained base components (paper recipe) or a seeded random toy model."""
+    torch.manual_seed(_seed_from("init", run.seed) & 0xFFFFFFFF)
+    vae = None
+    if run.stage0.enabled:
+        from .stage0_vae import load_stage0_vae
+
+        vae, _ = load_stage0_vae(run)
+    w = run.weights
+    if w.random_base:
+        model = TWGTMModel(cfg, vae=vae, random_prompts=True)
+    else:
+        model = build_from_sources(cfg, _base_sources(run))
+        if vae is not None:
+            model.vae = vae
+    if w.catvton_attention:
+        load_catvton_attention(model.unet, run.resolve(w.catvton_attention))
+    return model
+
+
+_CATVTON_KEYS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
+
+
+def load_catvton_attention(unet: nn.Module, source: str) -> int:
+    """Warm-start every UNet ``attn1`` from CatVTON's released self-attention weights.
+
+    CatVTON (``model/utils.py::get_trainable_module(unet, "attention")``) saves
+    ``nn.ModuleList(m for name, m in unet.named_modules() if "attn1" in name)`` with accelerate, which
+    drops the duplicate names of shared tensors: each ``attn1`` block keeps
+    ``<i>.to_q.weight``, ``<i>.to_k.weight``, ``<i>.to_v.weight``, ``<i>.to_out.0.weight`` and
+    ``<i>.to_out.0.bias``, ``i`` = its position in that list (0, 8, 16, ... for 16 blocks). Blocks are
+    matched to this UNet's ``attn1`` modules in ``named_modules`` order; full diffusers names
+    (``...attn1.to_q.weight``) are accepted too. Returns the number of blocks loaded.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(source)
+    if p.is_dir():
+        cands = [p / n for n in ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin")]
+        found = [c for c in cands if c.is_file()]
+        if not found:
+            raise MissingFileError(f"weights.catvton_attention: expected CatVTON's attention weights "
+                                   f"(mix-48k-1024/attention/model.safetensors from zhengchong/CatVTON) in "
+                                   f"{str(p)!r}, found none of {[c.name for c in cands]}")
+        p = found[0]
+    elif not p.is_file():
+        raise MissingFileError(f"weights.catvton_attention: expected CatVTON's mix-48k-1024/attention folder or its "
+                               f"model.safetensors at {str(p)!r}, but nothing is there")
+    if p.suffix == ".safetensors":
+        state = load_file(str(p))
+    else:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    blocks = [(n, m) for n, m in unet.named_modules() if n.endswith("attn1")]
+    if any(".attn1." in k for k in state):  # full diffusers names
+        groups = {}
+        for name, _ in blocks:
+            sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            groups[name] = sub
+        ordered = [groups[n] for n, _ in blocks]
+    else:
+        by_index: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in state.items():
+            m = re.match(r"^(\d+)\.(.+)$", k)
+            if m and m.group(2) in _CATVTON_KEYS:
+                by_index.setdefault(int(m.group(1)), {})[m.group(2)] = v
+        ordered = [by_index[i] for i in sorted(by_index)]
+    if len(ordered) != len(blocks):
+        raise WeightsError(f"weights.catvton_attention {p.name!r}: expected {len(blocks)} attn1 blocks (this UNet), "
+                           f"got {len(ordered)}")
+    with torch.no_grad():
+        for (name, module), sub in zip(blocks, ordered):
+            for key in _CATVTON_KEYS:
+                if key not in sub:
+                    raise WeightsError(f"weights.catvton_attention {p.name!r}: block for {name} lacks {key!r}")
+                target = module.get_parameter(key)
+                if tuple(target.shape) != tuple(sub[key].shape):
+                    raise WeightsError(f"weights.catvton_attention {p.name!r}: {name}.{key} has shape "
+                                       f"{tuple(sub[key].shape)}, the UNet expects {tuple(target.shape)}")
+                target.copy_(sub[key].to(target.dtype))
+    logger.info("CatVTON attention warm start: %d attn1 blocks from %s", len(blocks), p)
+    return len(blocks)
+
+
+def stage_dir(run: RunConfig, stage: int) -> Path:
+    return run.output_path / f"stage{stage}"
+
+
+def stage_model_path(run: RunConfig, stage: int) -> Path:
+    return stage_dir(run, stage) / "model.safetensors"
+
+
+def load_stage_model(run: RunConfig, path: Path, device="cpu") -> TWGTMModel:
+    """A stage's saved weights (``model.safetensors``) as a trainable model."""
+    base = None if run.export.include_base else _base_sources(run)
+    model = load_twgtm(path, base=base, device=device)
+    return model.train()
+
+
+def build_stage_model(run: RunConfig, stage: int) -> TWGTMModel:
+    if stage == 1:
+        return build_stage1_model(run, model_config(run, 1))
+    src = stage_model_path(run, 1)
+    if not src.is_file():
+        raise MissingFileError(f"stage 2 starts from stage 1: expected {str(src)!r}; run stage 1 first "
+                               f"(`python -m training train --stage 1`)")
+    torch.manual_seed(_seed_from("init2", run.seed) & 0xFFFFFFFF)
+    model = load_stage_model(run, src)
+    model.enable_stage2()  # Decoder + Extended Attention (ZLL = 0: output equals stage 1)
+    return model
+
+
+class TrainingObjective(nn.Module):
+    """``compute_loss`` as a forward, so DDP/accelerate see one call per micro-batch."""
+
+    def __init__(self, model: TWGTMModel, noise_scheduler: DDPMScheduler, vtoff_prob: float = 0.5):
+        super().__init__()
+        self.model = model
+        self.noise_scheduler = noise_scheduler
+        self.vtoff_prob = vtoff_prob
+
+    def forward(self, batch: dict, seed: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return self.model.compute_loss(batch, self.noise_scheduler, generator=g, vtoff_prob=self.vtoff_prob)
+
+
+def parameter_groups(model: TWGTMModel, s: StageConfig) -> list[dict]:
+    """The spec's trainable sets (``model.parameter_groups``), plus the UNet base when ``lr_unet_base``
+    is set (toy preset only: its UNet is random, there is no pretrained base to keep frozen)."""
+    groups = model.parameter_groups(lr_unet=s.lr_unet, lr_new=s.lr_new, lr_swin=s.lr_swin)
+    if s.lr_unet_base is not None:
+        taken = {id(p) for g in groups for p in g["params"]}
+        base = [p for p in model.unet.parameters() if id(p) not in taken]
+        for p in base:
+            p.requires_grad_(True)
+        groups.append({"name": "unet_base", "params": base, "lr": s.lr_unet_base})
+    return [g for g in groups if g["params"]]
+
+
+def _lr_lambda(warmup: int):
+    return lambda k: min(1.0, (k + 1) / max(1, warmup))  # linear warm-up, then constant (spec #32)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def _checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    if not ckpt_root.is_dir():
+        return []
+    out = []
+    for d in ckpt_root.iterdir():
+        m = _CKPT_RE.match(d.name)
+        if m and (d / STATE_FILE).is_file():  # complete checkpoints only
+            out.append((int(m.group(1)), d))
+    return sorted(out)
+
+
+def find_checkpoint(run: RunConfig, stage: int, resume: Optional[str]) -> Optional[Path]:
+    """``resume``: None (fresh), ``"auto"`` (the newest complete checkpoint, if any) or a path."""
+    if resume is None or resume in ("", "none", "no"):
+        return None
+    if resume == "auto":
+        found = _checkpoints(stage_dir(run, stage) / "checkpoints")
+        return found[-1][1] if found else None
+    p = Path(resume)
+    if not (p / STATE_FILE).is_file():
+        raise MissingFileError(f"--resume: expected a checkpoint folder with {STATE_FILE} at {str(p)!r}")
+    return p
+
+
+def _save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, keep: int) -> Path:
+    path = ckpt_root / f"step-{step:06d}"
+    if accelerator.is_main_process and path.exists():
+        shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        tmp = path / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, path / STATE_FILE)  # the completion marker, written last
+        for _, old in _checkpoints(ckpt_root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- logging
+class CSVLog:
+    """Append-only CSV of training rows; on resume rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, fields: list[str], resume_step: Optional[int], enabled: bool):
+        self.path, self.fields, self.enabled = path, fields, enabled
+        if not enabled:
+            return
+        rows = []
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in fields})
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
+            f.flush()
+
+
+def _progress(accelerator, start: int, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, disable=not accelerator.is_local_main_process,
+                dynamic_ncols=True, mininterval=2.0)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+@dataclass
+class StageResult:
+    stage: int
+    model_path: Path
+    steps: int
+    seconds: float
+    final_loss: Optional[float]
+
+
+def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str] = "auto",
+                max_steps: Optional[int] = None, stop_after: Optional[int] = None) -> StageResult:
+    """Train stage 1 or 2; returns where the stage's weights were written.
+
+    Args:
+        resume: None (start fresh), ``"auto"`` (continue from the newest checkpoint of this stage if any)
+            or a checkpoint folder.
+        max_steps: overrides ``stage{N}.max_steps``.
+        stop_after: stop (after checkpointing) once this step is reached, without writing the final
+            model; for tests and time-boxed jobs.
+    """
+    s = run.stage(stage)
+    total = s.max_steps if max_steps is None else max_steps
+    out = stage_dir(run, stage)
+    ckpt_root = out / "checkpoints"
+    final_path = stage_model_path(run, stage)
+    t_start = time.perf_counter()
+    if resume == "auto" and final_path.is_file() and not _checkpoints(ckpt_root):
+        logger.info("stage %d: %s exists, skipping", stage, final_path)
+        return StageResult(stage, final_path, total, 0.0, None)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # 1. model, objective, optimiser, schedule
+    model = build_stage_model(run, stage)
+    model.train()
+    if run.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        model.srm.enable_gradient_checkpointing(True)
+    groups = parameter_groups(model, s)
+    group_names = [g["name"] for g in groups]
+    optimizer = torch.optim.AdamW(groups, betas=tuple(s.betas), weight_decay=s.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(s.warmup_steps))
+    noise_scheduler = DDPMScheduler.from_config(model.config.scheduler)
+    objective = TrainingObjective(model, noise_scheduler, s.vtoff_prob)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    raw_model: TWGTMModel = accelerator.unwrap_model(objective).model
+    trainable = [p for g in groups for p in g["params"]]
+    logger.info("stage %d: %s trainable parameters in groups %s", stage,
+                f"{sum(p.numel() for p in trainable):,}", group_names)
+
+    # 2. resume
+    step = 0
+    ckpt = find_checkpoint(run, stage, resume)
+    if ckpt is not None:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        if int(state.get("stage", stage)) != stage:
+            raise ConfigError(f"--resume: {str(ckpt)!r} is a stage-{state.get('stage')} checkpoint, this is stage {stage}")
+        accelerator.load_state(str(ckpt))
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        step = int(state["step"])
+        if state.get("world") not in (None, accelerator.num_processes):
+            logger.warning("resuming a %s-process run on %d processes: the data order continues from the same "
+                           "sample position, but batches are split differently", state.get("world"),
+                           accelerator.num_processes)
+        logger.info("stage %d: resumed from %s (step %d)", stage, ckpt, step)
+
+    # 3. data, resumable
+    dataset = build_train_dataset(run, raw_model.config)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    sampler = ResumableBatchSampler(len(dataset), s.batch_size, seed=run.seed, start=step * s.grad_accum,
+                                    rank=rank, world=world, hflip=run.data.hflip)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
+                        persistent_workers=run.data.num_workers > 0)
+    batches = iter(loader)
+    sample_items = _sample_items(run, raw_model.config, s) if accelerator.is_main_process and s.sample_every else None
+
+    # 4. loop
+    fields = ["step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm"] + \
+             [f"lr_{n}" for n in group_names] + ["seconds_per_step", "samples_per_second", "elapsed"]
+    log = CSVLog(out / "log.csv", fields, step if ckpt is not None else None, accelerator.is_main_process)
+    progress = _progress(accelerator, step, total, f"stage {stage}")
+    last_loss = None
+    t_loop, steps_timed = time.perf_counter(), 0
+    while step < total:
+        t_step = time.perf_counter()
+        sums = torch.zeros(4)
+        for micro in range(s.grad_accum):
+            batch = next(batches)
+            seed = _seed_from("step", run.seed, stage, step, micro, rank)
+            sync = micro == s.grad_accum - 1
+            with (nullcontext() if sync or world == 1 else accelerator.no_sync(objective)):
+                parts = objective(batch, seed)
+                accelerator.backward(parts["loss"] / s.grad_accum)
+            sums += torch.stack([parts[k].detach().float().cpu() for k in ("loss", "diffusion", "mask", "vtoff_fraction")])
+        grad_norm = accelerator.clip_grad_norm_(trainable, s.grad_clip) if s.grad_clip > 0 else None
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_timed += 1
+        progress.update(1)
+
+        means = accelerator.reduce((sums / s.grad_accum).to(accelerator.device), reduction="mean").cpu()
+        last_loss = float(means[0])
+        if not math.isfinite(last_loss):
+            raise FloatingPointError(f"stage {stage} step {step}: loss is {last_loss}; lower the learning rates "
+                                     f"or use bf16 instead of fp16")
+        if step % s.log_every == 0 or step == total:
+            dt = time.perf_counter() - t_step
+            row = {"step": step, "loss": f"{means[0]:.6f}", "diffusion": f"{means[1]:.6f}", "mask": f"{means[2]:.6f}",
+                   "vtoff_fraction": f"{means[3]:.4f}",
+                   "grad_norm": "" if grad_norm is None else f"{float(grad_norm):.4f}",
+                   "seconds_per_step": f"{dt:.3f}",
+                   "samples_per_second": f"{s.batch_size * s.grad_accum * world / max(dt, 1e-9):.2f}",
+                   "elapsed": f"{time.perf_counter() - t_start:.1f}"}
+            for n, lr in zip(group_names, lr_schedule.get_last_lr()):
+                row[f"lr_{n}"] = f"{lr:.6g}"
+            log.write(row)
+            progress.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+        if sample_items is not None and (step % s.sample_every == 0 or step == total):
+            _write_samples(raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run.eval.seed)
+        if step % s.checkpoint_every == 0 or step == total or step == stop_after:
+            state = {"stage": stage, "step": step, "lr_schedule": lr_schedule.state_dict(),
+                     "data_position": step * s.grad_accum * s.batch_size * world, "micro_batches": step * s.grad_accum,
+                     "seed": run.seed, "world": world, "time": time.time()}
+            _save_checkpoint(accelerator, ckpt_root, step, state, s.keep_checkpoints)
+        if stop_after is not None and step >= stop_after:
+            progress.close()
+            return StageResult(stage, final_path, step, time.perf_counter() - t_start, last_loss)
+    progress.close()
+    if steps_timed:
+        logger.info("stage %d: %d steps in %.1f s (%.2f s/step)", stage, steps_timed, time.perf_counter() - t_loop,
+                    (time.perf_counter() - t_loop) / steps_timed)
+
+    # 5. the stage's weights
+    if accelerator.is_main_process:
+        save_twgtm(raw_model, final_path, include_base=run.export.include_base,
+                   extra_metadata={"run": run.name, "steps": str(step)})
+        logger.info("stage %d: weights written to %s", stage, final_path)
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    return StageResult(stage, final_path, step, time.perf_counter() - t_start, last_loss)
+
+
+def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[dict]:
+    """A fixed batch of held-out items for the sample grids (training items if there is no test split)."""
+    from torch.utils.data import default_collate
+
+    try:
+        ds = build_eval_dataset(run, cfg, pairs="unpaired")
+    except (OSError, ValueError) as exc:
+        logger.warning("sample grid: no held-out split (%s); using training items", exc)
+        ds = build_train_dataset(run, cfg)
+    n = min(s.num_samples, len(ds))
+    if n == 0:
+        return None
+    return default_collate([ds[i] if not isinstance(ds, FlipDataset) else ds[(i, False)] for i in range(n)])
+
+
+def _write_samples(model: TWGTMModel, items: dict, path: Path, s: StageConfig, seed: int) -> None:
+    from .report import sample_grid
+
+    was_training = model.training
+    model.eval()
+    try:
+        sample_grid(model, items, path, steps=s.sample_steps, seed=seed)
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export_model(run: RunConfig, source: Optional[Path] = None, dest: Optional[str] = None) -> Path:
+    """Write the file the nodes load (``export.filename``): the last stage's TWGTM weights file, which
+    already holds the config in its metadata (and the base components when ``export.include_base``)."""
+    src = Path(source) if source else stage_model_path(run, 2)
+    if not src.is_file():
+        raise MissingFileError(f"export: expected trained weights at {str(src)!r}; train stage 2 first")
+    out = Path(dest or run.resolve(run.export.filename))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, out)
+    logger.info("exported %s", out)
+    return out
