@@ -73,8 +73,6 @@ def test_guidance_scale_one_skips_unconditional_pass(pipe, images):
         assert calls == [4] * STEPS
     finally:
         del pipe.model.predict_noise
-    # with scale 1 the result is the conditional prediction alone: a conditional-only loop gives the same image
-    calls.clear()
     assert one.images.shape == person.shape
 
 
