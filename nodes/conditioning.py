@@ -57,7 +57,8 @@ class TWGTMTryOffConditioning(io.ComfyNode):
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional region of the garment on the output canvas (a rectangle, or a "
                                       "garment silhouette such as TWGTM Garment Mask -> TWGTM Mask to Box); it "
-                                      "fixes the garment's proportions. Unconnected: the whole canvas (mask-free)."),
+                                      "fixes the garment's proportions, and outside it the canvas stays white. "
+                                      "Unconnected: the whole canvas (mask-free)."),
             ],
             outputs=[TWGTMConditioningWire.Output(display_name="conditioning",
                                                   tooltip="Try-off task for the TWGTM Sampler.")],

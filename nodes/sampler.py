@@ -28,13 +28,14 @@ def inference_memory(config, batch: int, guidance_scale: float, dtype: torch.dty
     """Bytes to keep free on the GPU for activations, from ComfyUI's own SD1.5 estimates.
 
     UNet: ``model_base.memory_required`` (area x dtype size x 0.01 MiB) over the CFG batch of concatenated
-    latents. VAE: the SD AutoencoderKL decode estimate from ``comfy.sd.VAE``, one image at a time.
+    latents. VAE: the SD AutoencoderKL decode estimate from ``comfy.sd.VAE`` (2178 bytes per output pixel per
+    dtype byte: 64 pixels per latent for the SD VAE, ``vae_scale_factor ** 2`` in general), one image at a time.
     """
     h, w = config.latent_size
     size = 2 if dtype in (torch.float16, torch.bfloat16) else 4
     area = batch * (2 if guidance_scale > 1.0 else 1) * h * (2 * w)
     unet = area * size * 0.01 * 1024 * 1024
-    vae = 2178 * h * w * 64 * size
+    vae = 2178 * h * w * config.vae_scale_factor ** 2 * size
     return int(max(unet, vae))
 
 

@@ -38,6 +38,16 @@ def test_bad_config_values_are_rejected():
         TWGTMConfig.from_dict({"nope": 1})
     with pytest.raises(ConfigError, match="JSON"):
         TWGTMConfig.from_json("{not json")
+    with pytest.raises(ConfigError, match="shift_factor: expected a number or 4 numbers"):
+        TWGTMConfig.tiny(shift_factor=[0.1, 0.2]).validate()
+    with pytest.raises(ConfigError, match="shift_factor"):
+        TWGTMConfig.tiny(shift_factor="0.1").validate()
+
+
+def test_per_channel_shift_round_trips():
+    cfg = TWGTMConfig.tiny(shift_factor=[0.5, 0.25, 1, 0.0]).validate()
+    assert cfg.shift_factor == [0.5, 0.25, 1.0, 0.0]
+    assert TWGTMConfig.from_json(cfg.to_json()) == cfg
 
 
 def test_categories():

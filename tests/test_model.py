@@ -142,6 +142,55 @@ def test_compute_loss_stage_rules():
     assert torch.equal(out["loss"], again["loss"]), "same generator, same loss"
 
 
+def test_prediction_types_train_on_consistent_targets(monkeypatch):
+    """epsilon / v_prediction / sample: with the same draws, z_t = sqrt(a) x0 + sqrt(1-a) eps and
+    v = sqrt(a) eps - sqrt(1-a) x0 hold between the three captured targets."""
+    import twgtm.model as model_mod
+
+    captured = {}
+    real_loss = model_mod.diffusion_loss
+
+    def spy_loss(pred, target, **kw):
+        captured["target"] = target.detach().clone()
+        return real_loss(pred, target, **kw)
+
+    monkeypatch.setattr(model_mod, "diffusion_loss", spy_loss)
+    m = make_tiny_model(0, stage=1)
+    real_predict = m.predict_noise
+
+    def spy_predict(x, t, *a, **kw):
+        captured["z_t"], captured["t"] = x[:, :4].detach().clone(), t.detach().clone()
+        return real_predict(x, t, *a, **kw)
+
+    m.predict_noise = spy_predict
+    targets = {}
+    for kind in ("epsilon", "v_prediction", "sample"):
+        sched = DDPMScheduler.from_config(dict(TWGTMConfig.tiny().scheduler, prediction_type=kind))
+        m.compute_loss(batch(4), sched, generator=torch.Generator().manual_seed(3))
+        targets[kind] = captured["target"]
+    a = sched.alphas_cumprod[captured["t"]].view(-1, 1, 1, 1)
+    eps, v, x0 = targets["epsilon"], targets["v_prediction"], targets["sample"]
+    assert torch.allclose(captured["z_t"], a.sqrt() * x0 + (1 - a).sqrt() * eps, atol=1e-4)
+    assert torch.allclose(v, a.sqrt() * eps - (1 - a).sqrt() * x0, atol=1e-4)
+    with pytest.raises(Exception, match="prediction_type"):
+        TWGTMConfig.tiny(scheduler=dict(TWGTMConfig.tiny().scheduler, prediction_type="flow")).validate()
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler", "ddpm"])
+def test_sample_prediction_runs_with_every_scheduler(scheduler):
+    from twgtm.pipeline import TWGTMPipeline
+
+    m = make_tiny_model(0)
+    m.config.scheduler = dict(m.config.scheduler, prediction_type="sample")
+    g = torch.Generator().manual_seed(0)
+    person, garment = torch.rand(1, 3, 64, 48, generator=g), torch.rand(1, 3, 64, 48, generator=g)
+    mask = torch.zeros(1, 1, 64, 48)
+    mask[..., 16:48, 8:40] = 1
+    out = TWGTMPipeline(m).try_on(person, garment, mask, "upper", num_inference_steps=3, generator=0,
+                                  scheduler=scheduler).images
+    assert torch.isfinite(out).all() and out.shape == (1, 3, 64, 48)
+
+
 def test_model_runs_in_bf16():
     m = make_tiny_model(0).to(torch.bfloat16)
     x, t, f_sam, f_srm = unet_args(m)

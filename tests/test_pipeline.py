@@ -47,6 +47,47 @@ def test_try_off_and_mask(pipe, images):
     assert pred.images.shape == (2, 3, 80, 60) and pred.garment_mask.shape == (2, 1, 80, 60)
 
 
+def test_try_off_region_stays_white_outside(pipe, images):
+    person, _, _ = images
+    box = torch.zeros(1, 1, 64, 48)
+    box[..., 10:50, 8:40] = 1
+    out = pipe.try_off(person, "upper", mask=box, num_inference_steps=STEPS, generator=0).images
+    outside = (box == 0).expand_as(out)
+    assert torch.equal(out[outside], torch.ones_like(out[outside])), "paste_back: exactly white outside the region"
+    assert (out[~outside] < 1).any(), "the region is generated"
+    raw = pipe.try_off(person, "upper", mask=box, num_inference_steps=STEPS, generator=0, paste_back=False).images
+    assert torch.equal(raw[~outside], out[~outside]) and (raw[outside] < 1).any()
+    free = pipe.try_off(person, "upper", num_inference_steps=STEPS, generator=0, paste_back=True).images
+    assert (free < 1).any(), "mask-free: no region, nothing pasted"
+
+
+def test_try_off_predicted_mask_region(pipe, images):
+    person, _, _ = images
+    probs = pipe.predict_garment_mask(person, "upper")
+    region = (probs > 0.5).float()
+    out = pipe.try_off(person, "upper", predicted_mask=True, num_inference_steps=STEPS, generator=0).images
+    from twgtm.latents import largest_component
+    sil = largest_component(region)
+    sil[sil.flatten(1).amax(1) == 0] = 1.0
+    outside = (sil == 0).expand_as(out)
+    assert torch.equal(out[outside], torch.ones_like(out[outside]))
+    with pytest.raises(InputError, match="at most one"):
+        pipe.try_off(person, "upper", predicted_box=True, predicted_mask=True, num_inference_steps=1)
+
+
+def test_latent_shift_round_trip():
+    model = make_tiny_model(0)
+    x = torch.rand(2, 3, 64, 48) * 2 - 1
+    z0 = model.encode_images(x)
+    model.config.shift_factor = [0.5, -0.25, 1.0, 0.0]
+    z1 = model.encode_images(x)
+    shift = torch.tensor([0.5, -0.25, 1.0, 0.0]).view(1, 4, 1, 1) * model.config.scaling_factor
+    assert torch.allclose(z1, z0 - shift, atol=1e-5), "z = (E(x) - shift) * scale"
+    decoded_shifted = model.decode_latents(z1)
+    model.config.shift_factor = 0.0
+    assert torch.allclose(decoded_shifted, model.decode_latents(z0), atol=1e-5), "decode inverts the shift"
+
+
 def test_seeding(pipe, images):
     person, garment, mask = images
     a = pipe.try_on(person, garment, mask, "upper", num_inference_steps=STEPS, generator=7).images

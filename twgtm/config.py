@@ -120,6 +120,11 @@ class TWGTMConfig:
     vae_scale_factor: int = 8     # SD VAE downsampling; latent = 128x96 per half
     latent_channels: int = 4      # SD VAE latent channels
     scaling_factor: float = 0.18215  # SD1.x latent scaling
+    # Latent shift subtracted before scaling, as SD3's VAE: z = (E(x) - shift) * scale. 0 for SD1.x. A float
+    # or one value per latent channel; the synthetic preset's own VAE sets its per-channel latent mean so the
+    # diffusion sees zero-mean latents (otherwise the signal left at t = T leaks the mean colour in
+    # training that pure-noise sampling lacks: measured, see docs/TRAINING.md).
+    shift_factor: Any = 0.0       # float or per-channel list (SD3 convention); SD1.x: 0
     concat_dim: int = -1          # -1: width (paper's 3xHx2W); -2: height (CatVTON / TryOffAnyone)
     # --- base components (diffusers / transformers / timm constructor kwargs) ---------------
     unet: dict[str, Any] = field(default_factory=_sd15_unet)        # SD1.5-inpainting UNet
@@ -218,6 +223,16 @@ class TWGTMConfig:
         f = self.vae_scale_factor
         if self.height % f or self.width % f:
             raise ConfigError(f"height/width: expected multiples of vae_scale_factor={f}, got {self.height}x{self.width}")
+        sf = self.shift_factor
+        if isinstance(sf, (list, tuple)):
+            if len(sf) != self.latent_channels or not all(isinstance(v, (int, float)) for v in sf):
+                raise ConfigError(f"shift_factor: expected a number or {self.latent_channels} numbers (one per latent "
+                                  f"channel), got {sf!r}")
+            self.shift_factor = [float(v) for v in sf]
+        elif isinstance(sf, (int, float)) and not isinstance(sf, bool):
+            self.shift_factor = float(sf)
+        else:
+            raise ConfigError(f"shift_factor: expected a number or a list of {self.latent_channels} numbers, got {sf!r}")
         if self.concat_dim not in (-1, -2):
             raise ConfigError(f"concat_dim: expected -1 (width) or -2 (height), got {self.concat_dim!r}")
         if self.qformer.hidden_size != self.cross_attention_dim:
@@ -233,6 +248,9 @@ class TWGTMConfig:
             raise ConfigError(f"taskformer.pixel_decoder: expected 'fpn' or 'linear', got {self.taskformer.pixel_decoder!r}")
         if self.stage not in (1, 2):
             raise ConfigError(f"stage: expected 1 or 2, got {self.stage!r}")
+        if self.scheduler.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction", "sample"):
+            raise ConfigError(f"scheduler.prediction_type: expected 'epsilon', 'v_prediction' or 'sample', "
+                              f"got {self.scheduler.get('prediction_type')!r}")
         if self.loss.loss_region not in ("full", "target"):
             raise ConfigError(f"loss.loss_region: expected 'full' or 'target', got {self.loss.loss_region!r}")
         if sorted(self.prompts) != sorted(self.categories):

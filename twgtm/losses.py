@@ -7,15 +7,15 @@ import torch.nn.functional as F
 from .latents import target_half
 
 
-def diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor, *, region: str = "full", concat_dim: int = -1) -> torch.Tensor:
-    """MSE between predicted and true noise, in fp32.
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, *, region: str = "full", concat_dim: int = -1) -> torch.Tensor:
+    """MSE between the UNet's prediction and its target (the noise for SD's epsilon parameterisation), in fp32.
 
     ``region="full"`` averages over the whole concatenated latent (CatVTON / TryOffAnyone practice);
     ``"target"`` restricts it to the generated half.
     """
     if region == "target":
-        eps_pred, eps = target_half(eps_pred, concat_dim), target_half(eps, concat_dim)
-    return F.mse_loss(eps_pred.float(), eps.float())
+        pred, target = target_half(pred, concat_dim), target_half(target, concat_dim)
+    return F.mse_loss(pred.float(), target.float())
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from .attention import add_extended_attention, extended_processors, precompute_srm_kv, set_plain_processors
 from .config import TWGTMConfig
+from .errors import ConfigError
 from .latents import LatentCondition, build_condition, concat_halves, sample_square_region, split_halves, unet_input
 from .losses import diffusion_loss, mask_loss
 from .sam import SAMOutput, SemanticAbstractionModule, build_clip_text
@@ -171,13 +172,23 @@ class TWGTMModel(nn.Module):
         for part in x.split(max(1, chunk)):
             dist = self.vae.encode(part.to(vae_dtype)).latent_dist
             z = dist.sample(generator=generator) if sample else dist.mode()
-            outs.append(z * self.config.scaling_factor)
+            outs.append((z - self._latent_shift(z)) * self.config.scaling_factor)
         return torch.cat(outs)
+
+    def _latent_shift(self, z: torch.Tensor) -> torch.Tensor | float:
+        """``config.shift_factor`` as a number or a (1, C, 1, 1) tensor on ``z``'s device and dtype."""
+        sf = self.config.shift_factor
+        if isinstance(sf, (list, tuple)):
+            return torch.tensor(sf, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        return float(sf)
 
     def decode_latents(self, z: torch.Tensor, *, chunk: int = 1) -> torch.Tensor:
         """Scaled latents (B, 4, h, w) -> pixels in [-1, 1] (B, 3, 8h, 8w), ``chunk`` at a time."""
         vae_dtype = next(self.vae.parameters()).dtype
-        outs = [self.vae.decode(part.to(vae_dtype) / self.config.scaling_factor).sample for part in z.split(max(1, chunk))]
+        outs = []
+        for part in z.split(max(1, chunk)):
+            part = part.to(vae_dtype) / self.config.scaling_factor
+            outs.append(self.vae.decode(part + self._latent_shift(part)).sample)
         return torch.cat(outs)
 
     def encode_reference(self, reference: torch.Tensor, category_idx: torch.Tensor, *, with_srm: bool | None = None) -> ReferenceFeatures:
@@ -194,7 +205,8 @@ class TWGTMModel(nn.Module):
     def predict_noise(self, latent_input: torch.Tensor, timestep: torch.Tensor, f_sam: torch.Tensor, *,
                       f_srm: dict[int, torch.Tensor] | None = None, srm_gate=None, srm_rows: slice | None = None,
                       srm_kv: dict | None = None) -> torch.Tensor:
-        """One UNet call on the 9-channel input (B, 9, h, 2w) -> predicted noise (B, 4, h, 2w)."""
+        """One UNet call on the 9-channel input (B, 9, h, 2w) -> (B, 4, h, 2w): the noise, or the velocity or
+        clean latent when ``config.scheduler["prediction_type"]`` says so (the schedulers read the same key)."""
         kwargs = None
         if self.decoder is not None and (f_srm is not None or srm_kv is not None):
             kwargs = {"srm": f_srm, "srm_gate": srm_gate, "srm_rows": srm_rows, "srm_kv": srm_kv}
@@ -259,9 +271,18 @@ class TWGTMModel(nn.Module):
         need_srm = self.stage == 2 or (mask_w > 0 and bool(vtoff.any()))
         feats = self.encode_reference(reference.to(dtype), cat_idx, with_srm=need_srm)
         f_sam = feats.sam.f_sam * keep.view(-1, 1, 1).to(dtype)
-        eps = self.predict_noise(unet_input(z_t.to(dtype), cond), t, f_sam,
-                                 f_srm=feats.f_srm, srm_gate=(~drop).to(dtype))
-        l_diff = diffusion_loss(eps, noise, region=cfg.loss.loss_region, concat_dim=cfg.concat_dim)
+        pred = self.predict_noise(unet_input(z_t.to(dtype), cond), t, f_sam,
+                                  f_srm=feats.f_srm, srm_gate=(~drop).to(dtype))
+        kind = noise_scheduler.config.prediction_type  # SD1.5: epsilon; the synthetic toy: sample (x0)
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = noise_scheduler.get_velocity(cond.z0, noise, t)
+        elif kind == "sample":
+            target = cond.z0
+        else:
+            raise ConfigError(f"scheduler.prediction_type: expected 'epsilon', 'v_prediction' or 'sample', got {kind!r}")
+        l_diff = diffusion_loss(pred, target, region=cfg.loss.loss_region, concat_dim=cfg.concat_dim)
         if need_srm and mask_w > 0:
             l_mask = mask_loss(feats.srm.tfq0_logits, garment_mask, vtoff,
                                dice_weight=cfg.loss.dice_weight, bce_weight=cfg.loss.bce_weight)

@@ -257,16 +257,19 @@ class TWGTMPipeline:
 
     @torch.no_grad()
     def try_off(self, person: torch.Tensor, category: str | Sequence[str], mask: torch.Tensor | None = None, *,
-                predicted_box: bool = False, box_margin: float = 0.05, num_inference_steps: int | None = None,
-                guidance_scale: float | None = None, generator=None, scheduler: str = "ddim",
-                output_size: tuple[int, int] | None = None, strength: float = 1.0,
-                callback: Callback | None = None) -> TWGTMOutput:
+                predicted_box: bool = False, predicted_mask: bool = False, box_margin: float = 0.05,
+                num_inference_steps: int | None = None, guidance_scale: float | None = None, generator=None,
+                scheduler: str = "ddim", output_size: tuple[int, int] | None = None, strength: float = 1.0,
+                paste_back: bool = True, callback: Callback | None = None) -> TWGTMOutput:
         """Take the ``category`` garment off ``person`` and return it as a flat catalogue image.
 
         Mask-free by default (the whole canvas is generated). ``mask`` (in the garment canvas frame:
         a rectangle or a garment silhouette, any size, resized to the canvas) fixes the garment's
         proportions (the paper's Variant 3); ``predicted_box=True`` uses the box around the model's own
-        predicted flat-garment mask (Mask2BBox "pred"). An empty ``mask`` is treated as mask-free.
+        predicted flat-garment mask (Mask2BBox "pred"), ``predicted_mask=True`` that mask's silhouette
+        (its largest component). An empty ``mask`` (or nothing predicted) is treated as mask-free.
+        With a region, ``paste_back`` (default) keeps the canvas exactly white outside it, as try-on keeps
+        the person's pixels outside its mask.
 
         Returns ``images`` (B, 3, H, W) at ``output_size`` (default: the model canvas size) and the
         predicted flat-garment mask ``garment_mask`` (B, 1, H, W) at the same size.
@@ -275,8 +278,10 @@ class TWGTMPipeline:
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
         self._check_options(steps, scale, strength)
-        if mask is not None and predicted_box:
-            raise InputError("mask/predicted_box: expected at most one of them, got both")
+        chosen = [n for n, on in (("mask", mask is not None), ("predicted_box", predicted_box),
+                                  ("predicted_mask", predicted_mask)) if on]
+        if len(chosen) > 1:
+            raise InputError(f"mask/predicted_box/predicted_mask: expected at most one of them, got {chosen}")
         person = as_image_batch(person, "person")
         b = person.shape[0]
         canvas = (self.config.height, self.config.width)
@@ -293,9 +298,11 @@ class TWGTMPipeline:
                 logger.warning("try_off: empty mask for batch index %s, using the whole canvas (mask-free)",
                                torch.nonzero(empty).flatten().tolist())
                 region[empty] = 1.0
-        elif predicted_box:
+        elif predicted_box or predicted_mask:
             probs = self.predict_garment_mask(person, category, output_size=canvas)
-            region = mask_to_box(largest_component((probs > 0.5).float()), margin=box_margin)
+            region = largest_component((probs > 0.5).float())
+            if predicted_box:
+                region = mask_to_box(region, margin=box_margin)
             region[region.flatten(1).amax(1) == 0] = 1.0  # nothing predicted: mask-free
         else:
             region = torch.ones(b, 1, *canvas)
@@ -306,6 +313,8 @@ class TWGTMPipeline:
                                     guidance_scale=scale, generator=gen, scheduler=scheduler, strength=strength,
                                     callback=callback, want_mask=True)
         out = ((out + 1.0) / 2.0).clamp(0, 1).cpu()
+        if paste_back:  # exactly white outside the region
+            out = out * region + (1.0 - region)
         probs = F.interpolate(probs.cpu(), size=canvas, mode="bilinear", align_corners=False).clamp(0, 1)
         if output_size is not None:
             out = resize(out, tuple(output_size)).clamp(0, 1)
