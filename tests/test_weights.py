@@ -104,3 +104,16 @@ def test_errors(tmp_path):
 
     with pytest.raises(WeightsError, match=r"\.safetensors"):
         save_twgtm(m, tmp_path / "model.bin")
+
+
+def test_single_file_vae(tmp_path):
+    from twgtm.weights import load_vae
+
+    m = make_tiny_model(0)
+    state = {k: v.contiguous() for k, v in m.vae.state_dict().items()}
+    save_file(state, str(tmp_path / "vae.safetensors"))
+    vae = load_vae(str(tmp_path / "vae.safetensors"), m.config)
+    assert all(torch.equal(vae.state_dict()[k], v) for k, v in state.items())
+    save_file({k: v for k, v in state.items() if "decoder.conv_out" not in k}, str(tmp_path / "short.safetensors"))
+    with pytest.raises(WeightsError, match="does not fit the configured VAE: missing"):
+        load_vae(str(tmp_path / "short.safetensors"), m.config)

@@ -201,6 +201,14 @@ def _component_dir(root: Path, sub: str) -> Path:
     return root / sub if (root / sub / "config.json").is_file() else root
 
 
+def _load_converted(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, name: str) -> None:
+    """Load a converted single-file state into ``module``; every key must fit (typed error otherwise)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{what}: {name!r} does not fit the configured {what}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+
+
 def load_unet(source: str, cfg: TWGTMConfig):
     """SD1.5-inpainting UNet from a diffusers dir, a single-file checkpoint or an explicit hub id."""
     from diffusers import UNet2DConditionModel
@@ -221,11 +229,7 @@ def load_unet(source: str, cfg: TWGTMConfig):
         ckpt = _read_state_file(p)
         if not any(k.startswith("model.diffusion_model.") for k in ckpt):
             raise WeightsError(f"UNet: {p.name!r} has no 'model.diffusion_model.*' keys: expected an SD1.x checkpoint")
-        converted = convert_ldm_unet_checkpoint(ckpt, dict(unet.config))
-        missing, unexpected = unet.load_state_dict(converted, strict=False)
-        if missing or unexpected:
-            raise WeightsError(f"UNet: {p.name!r} does not fit the configured UNet: missing {missing[:5]}, "
-                               f"unexpected {unexpected[:5]}")
+        _load_converted(unet, convert_ldm_unet_checkpoint(ckpt, dict(unet.config)), "UNet", p.name)
     if unet.config.in_channels != cfg.unet["in_channels"]:
         raise WeightsError(f"UNet: expected an inpainting UNet with {cfg.unet['in_channels']} input channels, "
                            f"got {unet.config.in_channels} (use stable-diffusion-inpainting, not the base model)")
@@ -253,9 +257,7 @@ def load_vae(source: str, cfg: TWGTMConfig):
         if not any(k.startswith("first_stage_model.") for k in sd):
             sd = {"first_stage_model." + k: v for k, v in sd.items()}  # bare LDM VAE file
         converted = convert_ldm_vae_checkpoint(sd, dict(vae.config))
-    missing, unexpected = vae.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise WeightsError(f"VAE: {p.name!r} does not fit the configured VAE: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    _load_converted(vae, converted, "VAE", p.name)
     return vae
 
 
