@@ -130,7 +130,8 @@ def test_two_steps_of_every_stage_and_export_round_trip(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- exact resume
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    extra = ["stage0.enabled=false", "stage1.max_steps=4", "stage1.checkpoint_every=1", "stage1.keep_checkpoints=10"]
+    extra = ["stage0.enabled=false", "stage1.max_steps=4", "stage1.checkpoint_every=1", "stage1.keep_checkpoints=10",
+             "stage1.ema_decay=0.9"]  # the saved model is the EMA: its state must resume exactly too
     run_a = tiny_run(tmp_path / "a", *extra)
     configure_torch(run_a)
     acc = make_accelerator(run_a, cpu=True)
@@ -210,3 +211,29 @@ def test_catvton_attention_layout_loads_into_every_attn1(tmp_path):
     save_file({k: v for k, v in state.items() if not k.startswith("0.")}, str(tmp_path / "short.safetensors"))
     with pytest.raises(WeightsError, match="attn1 blocks"):
         load_catvton_attention(dst, str(tmp_path / "short.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------- stage 0
+def test_lowpass_init_makes_the_vae_a_colour_exact_low_pass_autoencoder():
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL
+
+    from training.stage0_vae import identity_init_vae
+
+    run = load_run_config(REPO / "configs" / "synthetic_cpu.yaml")
+    cfg = run.model.build()
+    vae = AutoencoderKL(**cfg.vae)
+    assert identity_init_vae(vae)
+    g = torch.Generator().manual_seed(0)
+    x = F.interpolate(torch.rand(3, 3, 16, 12, generator=g) * 1.6 - 0.8, scale_factor=4)  # (3, 3, 64, 48)
+    with torch.no_grad():
+        post = vae.encode(x).latent_dist
+        y = vae.decode(post.mode()).sample
+    assert post.mean.shape == (3, 4, 16, 12)
+    assert (post.mean[:, :3] - F.avg_pool2d(x, 4)).abs().max() < 0.01   # latent channels 0-2: the colours
+    assert (y - x).abs().max() < 0.02                                     # constant 4x4 blocks come back
+    assert float(post.std.max()) < 0.01
+    small = AutoencoderKL(**dict(cfg.vae, norm_num_groups=8))             # 2-4 channels per group: refused
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    assert not identity_init_vae(small)
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -82,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one stage or all")
     _add_run_args(p, None)
-    p.add_argument("--stage", default="all", choices=["0", "1", "2", "all"], help="stage to train (all: 0 if enabled, 1, 2, export)")
+    p.add_argument("--stage", default="all", choices=["0", "1", "2", "all"],
+                   help="stage to train (all: 0 if enabled, 1, 2, export)")
     p.add_argument("--max-steps", type=int, help="max optimiser steps of the stage(s) trained now")
-    p.add_argument("--resume", default="auto", help="auto (newest checkpoint of the stage), none, or a checkpoint folder")
+    p.add_argument("--resume", default="auto",
+                   help="auto (newest checkpoint of the stage), none, or a checkpoint folder")
     p.add_argument("--stop-after", type=int, help="checkpoint and stop at this step (time-boxed jobs, tests)")
 
     p = sub.add_parser("evaluate", help="VTON paired/unpaired and VTOFF protocols on a test split")
@@ -105,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-items", type=int, help="evaluate the first N test items only")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="evaluation size (default: the model's)")
-    p.add_argument("--tryoff-region", choices=["full", "gt_box", "pred_box"])
+    p.add_argument("--tryoff-region", choices=["full", "gt_box", "pred_box", "gt_mask", "pred_mask"],
+                   help="try-off region: whole canvas, or box / silhouette of the ground-truth or predicted mask")
     p.add_argument("--weights-dir", help="folder with LPIPS/DISTS torchvision backbones and the FID Inception file")
     p.add_argument("--clip-dir", help="CLIP ViT-B/32 transformers folder (CLIP-FID)")
     p.add_argument("--dino-dir", help="DINO ViT-S/16 transformers folder (DINO score)")
@@ -123,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="synthetic baseline report for a trained model")
     _add_run_args(p, DEFAULT_CONFIG)
     p.add_argument("--checkpoint", help="TWGTM file (default: export.filename)")
+    p.add_argument("--eval-data", help="synthetic data folder whose test split replaces the run's held-out pairs, "
+                                       "e.g. a validation set: python -m training.synthetic --out DIR --n-train 0 "
+                                       "--n-test 64 --height 64 --width 48 --seed 1")
+    p.add_argument("--out", help="report folder (default: <output_dir>/report)")
     return parser
 
 
@@ -135,7 +144,7 @@ def _stages(run, which: str) -> list[int]:
 
 def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accelerator) -> dict[str, float]:
     from .config import dump_run_config
-    from .trainer import build_train_dataset, export_model, model_config, prepare_data, train_stage
+    from .trainer import build_train_dataset, export_model, prepare_data, train_stage
 
     timings: dict[str, float] = {}
     if accelerator.is_main_process:
@@ -152,9 +161,7 @@ def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accel
             cfg = run.model.build()
             train_vae(run, cfg, build_train_dataset(run, cfg), accelerator)
         else:
-            res = train_stage(run, stage, accelerator, resume=resume_arg, stop_after=stop_after)
-            if stop_after is not None and res.steps >= stop_after and stage == stages[-1]:
-                pass
+            train_stage(run, stage, accelerator, resume=resume_arg, stop_after=stop_after)
         timings[f"stage{stage}_s"] = round(time.perf_counter() - t0, 1)
     if stages and stages[-1] == 2 and stop_after is None and accelerator.is_main_process:
         t0 = time.perf_counter()
@@ -163,14 +170,72 @@ def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accel
     return timings
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the launching process dies (a killed job leaves no orphans)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
+    _die_with_parent()
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    rc = main(argv)
+    if rc:
+        raise SystemExit(rc)
+
+
+def _spawned(run, argv: Optional[Sequence[str]]) -> Optional[int]:
+    """With ``processes > 1`` on a machine without GPUs, run this command in that many CPU worker processes
+    (gloo DDP, rank 0 writes the files). Returns None when it did not spawn, else the workers' exit code."""
+    import torch
+
+    if run.processes <= 1 or "WORLD_SIZE" in os.environ or torch.cuda.is_available():
+        return None
+    import torch.multiprocessing as mp
+
+    logger.info("starting %d CPU worker processes (%s thread(s) each)", run.processes, run.threads or "default")
+    try:
+        mp.spawn(_worker, args=(run.processes, _free_port(), list(argv or sys.argv[1:])), nprocs=run.processes,
+                 join=True)
+    except mp.ProcessExitedException as exc:
+        logger.error("a worker process failed (exit code %s); see its message above", exc.exit_code)
+        return int(exc.exit_code or 1)
+    except mp.ProcessRaisedException as exc:
+        logger.error("a worker process raised: %s", exc)
+        return 1
+    return 0
+
+
+def _cpu_workers() -> bool:
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def cmd_train(args) -> int:
     from .trainer import configure_torch, make_accelerator
 
     run = _load(args)
+    rc = _spawned(run, args.argv)
+    if rc is not None:
+        return rc
     stages = _stages(run, args.stage)
     _apply_max_steps(run, stages, args.max_steps)
     configure_torch(run)
-    accelerator = make_accelerator(run, cpu=args.cpu)
+    accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
     timings = _train(run, stages, args.resume, args.stop_after, accelerator)
     logger.info("done: %s", json.dumps(timings))
     return 0
@@ -181,10 +246,13 @@ def cmd_main(args) -> int:
 
     t_all = time.perf_counter()
     run = _load(args)
+    rc = _spawned(run, args.argv)
+    if rc is not None:
+        return rc
     stages = _stages(run, "all")
     _apply_max_steps(run, stages, args.max_steps)
     configure_torch(run)
-    accelerator = make_accelerator(run, cpu=args.cpu)
+    accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
     timings_path = run.output_path / "timings.json"
     previous = json.loads(timings_path.read_text()) if timings_path.is_file() and args.resume == "auto" else {}
     timings = _train(run, stages, args.resume, None, accelerator)
@@ -199,7 +267,8 @@ def cmd_main(args) -> int:
     return 0
 
 
-def _report(run, checkpoint: Optional[str], timings: Optional[dict] = None) -> dict:
+def _report(run, checkpoint: Optional[str], timings: Optional[dict] = None, *, eval_data: Optional[str] = None,
+            out: Optional[str] = None) -> dict:
     import torch
 
     from twgtm.weights import load_twgtm
@@ -210,7 +279,8 @@ def _report(run, checkpoint: Optional[str], timings: Optional[dict] = None) -> d
     path = checkpoint or run.resolve(run.export.filename)
     base = None if run.export.include_base else _base_sources(run)
     model = load_twgtm(path, base=base, device="cuda" if torch.cuda.is_available() else "cpu")
-    return baseline_report(model, run, run.output_path / "report", timings=timings)
+    return baseline_report(model, run, Path(out) if out else run.output_path / "report", timings=timings,
+                           eval_root=eval_data)
 
 
 def cmd_report(args) -> int:
@@ -218,7 +288,7 @@ def cmd_report(args) -> int:
 
     run = _load(args)
     configure_torch(run)
-    report = _report(run, args.checkpoint)
+    report = _report(run, args.checkpoint, eval_data=args.eval_data, out=args.out)
     return 0 if report["passed"] else 1
 
 
@@ -233,8 +303,6 @@ def cmd_export(args) -> int:
 
 def cmd_evaluate(args) -> int:
     import torch
-
-    from twgtm.weights import BaseSources
 
     from .evaluate import EvalOptions, evaluate_checkpoint
 
@@ -274,8 +342,14 @@ def cmd_evaluate(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    if int(os.environ.get("RANK", "0")) > 0:
+        level = max(level, logging.WARNING)  # worker processes other than rank 0 only warn
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     handlers = {"main": cmd_main, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export,
                 "report": cmd_report}
     try:

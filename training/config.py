@@ -112,6 +112,8 @@ class StageConfig:
     lr_new: float = 1e-4                   # Q-Former, SRM heads, Decoder, Extended Attention
     lr_swin: float = 1e-5                  # Swin (backbone multiplier 0.1)
     lr_unet_base: Optional[float] = None   # toy only: also train the UNet's conv/resnet base (None: frozen)
+    ema_decay: Optional[float] = None      # EMA of the trained weights, used for samples and the saved model
+                                           # (None: off, as the paper; spec #35)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 500
@@ -134,7 +136,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 8
     max_items: Optional[int] = None        # evaluate only the first N test items
-    tryoff_region: str = "full"            # "full" (mask-free), "gt_box" (Mask2BBox gt) or "pred_box"
+    tryoff_region: str = "full"            # "full" (mask-free), "gt_box"/"pred_box" (Mask2BBox), "gt_mask"/"pred_mask"
     weights_dir: Optional[str] = None      # torchvision / Inception backbone files (LPIPS, DISTS, FID, KID)
     clip_dir: Optional[str] = None         # CLIP ViT-B/32 transformers folder (CLIP-FID)
     dino_dir: Optional[str] = None         # DINO ViT-S/16 transformers folder (DINO score)
@@ -152,7 +154,9 @@ class RunConfig:
     name: str = "run"
     output_dir: str = "runs/${name}"
     seed: int = 0
-    threads: Optional[int] = None          # torch CPU threads (None: torch's default)
+    threads: Optional[int] = None          # torch CPU threads per process (None: torch's default)
+    processes: int = 1                     # CPU only: data-parallel worker processes started by the command
+                                           # itself (gloo DDP); GPUs: use `accelerate launch` instead
     mixed_precision: str = "no"            # "no", "bf16" or "fp16" (accelerate autocast)
     gradient_checkpointing: bool = False   # UNet and SRM
     allow_tf32: bool = True
@@ -186,10 +190,13 @@ class RunConfig:
         return Path(os.path.expanduser(self.output_dir.replace("${name}", self.name)))
 
     def validate(self) -> "RunConfig":
+        if not isinstance(self.processes, int) or self.processes < 1:
+            raise ConfigError(f"processes: expected an int >= 1, got {self.processes!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision: expected 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if not self.data.datasets and self.data.synthetic is None:
-            raise ConfigError("data: expected at least one entry in data.datasets or a data.synthetic section, got neither")
+            raise ConfigError("data: expected at least one entry in data.datasets or a data.synthetic section, "
+                              "got neither")
         for spec in self.data.datasets:
             if spec.kind not in ("vitonhd", "dresscode"):
                 raise ConfigError(f"data.datasets[].kind: expected 'vitonhd' or 'dresscode', got {spec.kind!r}")
@@ -206,12 +213,14 @@ class RunConfig:
             if s.lr_unet_base is not None and not self.export.include_base:
                 raise ConfigError(f"stage{i}.lr_unet_base: training the UNet base changes base weights, so "
                                   "export.include_base must be true; got false")
-        if self.eval.tryoff_region not in ("full", "gt_box", "pred_box"):
-            raise ConfigError(f"eval.tryoff_region: expected 'full', 'gt_box' or 'pred_box', got {self.eval.tryoff_region!r}")
+        if self.eval.tryoff_region not in ("full", "gt_box", "pred_box", "gt_mask", "pred_mask"):
+            raise ConfigError(f"eval.tryoff_region: expected 'full', 'gt_box', 'pred_box', 'gt_mask' or 'pred_mask', "
+                              f"got {self.eval.tryoff_region!r}")
         if not self.weights.random_base:
             missing = [n for n in ("unet", "vae", "clip_vision", "text_encoder") if getattr(self.weights, n) is None]
             if missing and not self.stage0.enabled:
-                raise ConfigError(f"weights: expected local paths for {missing} (or weights.random_base: true for a toy run)")
+                raise ConfigError(f"weights: expected local paths for {missing} "
+                                  "(or weights.random_base: true for a toy run)")
         self.model.build()  # raises ConfigError on a bad model section
         return self
 
@@ -270,6 +279,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

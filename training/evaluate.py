@@ -49,7 +49,7 @@ class EvalOptions:
     seed: int = 0
     batch_size: int = 8
     max_items: Optional[int] = None
-    tryoff_region: str = "full"            # "full", "gt_box" or "pred_box"
+    tryoff_region: str = "full"            # "full", "gt_box", "pred_box", "gt_mask", "pred_mask"
     size: Optional[tuple[int, int]] = None  # evaluation (H, W); default the model size
     weights_dir: Optional[str] = None
     clip_dir: Optional[str] = None
@@ -128,7 +128,8 @@ def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocol
     model.eval()
     if opts.eta is not None:
         model.config.eta = float(opts.eta)
-    common = dict(weights_dir=opts.weights_dir, lpips_net=opts.lpips_net, clip_dir=opts.clip_dir, dino_dir=opts.dino_dir)
+    common = dict(weights_dir=opts.weights_dir, lpips_net=opts.lpips_net, clip_dir=opts.clip_dir,
+                  dino_dir=opts.dino_dir)
     gen = dict(steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale, seed=opts.seed,
                scheduler=opts.scheduler, batch_size=opts.batch_size)
     summary: dict[str, Any] = {"data": str(data_root), "size": list(size), "settings": {
@@ -169,7 +170,8 @@ def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocol
             "items": len(d["ids"]), "seconds": round(time.perf_counter() - t0, 1),
             "rows": {r: dict(v) for r, v in rows.items()},
             "skipped": {r: dict(v.skipped) for r, v in rows.items() if v.skipped},
-            "dino_reference": ("rendered ground truth" if "target" in d else "input person") if proto == "vton_unpaired" else None,
+            "dino_reference": (("rendered ground truth" if "target" in d else "input person")
+                               if proto == "vton_unpaired" else None),
         }
     (out_dir / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "evaluation.md").write_text("\n".join(md_parts))

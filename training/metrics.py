@@ -723,14 +723,19 @@ class _DINOFeatures(nn.Module):
         return self.model(pixel_values=x).last_hidden_state[:, 0]  # (N, D)
 
 
+_HF_MODELS = {"clip": "openai/clip-vit-base-patch32", "dino": "facebook/dino-vits16"}
+
+
 def _hf_model(kind: str, model_dir: Optional[PathLike], metric: str, argument: str,
               build: Callable[[Path], nn.Module], device: torch.device) -> nn.Module:
+    what = (f"a local transformers folder of {_HF_MODELS[kind]} holding config.json and model.safetensors "
+            f"(or pytorch_model.bin), e.g. from `huggingface-cli download {_HF_MODELS[kind]} --local-dir <folder>` "
+            f"on a machine with network")
     if model_dir is None:
-        raise MetricUnavailable(metric, f"no model directory given; pass {argument}=<local transformers directory>")
+        raise MetricUnavailable(metric, f"no model folder given; pass {argument}=<folder>, {what}")
     path = Path(model_dir)
     if not (path / "config.json").is_file():
-        raise MetricUnavailable(metric, f"'{path / 'config.json'}' not found; {argument} must be a local "
-                                        "transformers directory (config.json + model.safetensors)")
+        raise MetricUnavailable(metric, f"'{path / 'config.json'}' not found; {argument} must be {what}")
     try:
         return _cached(_file_key(kind, path / "config.json"), lambda: build(path), device)
     except OSError as err:  # transformers: weights file missing in the directory

@@ -15,6 +15,11 @@ from the input person (max channel difference > 0.1, opened with a 3x3 square, w
 the pixels a try-on must change. The repaint region (the whole mask) also holds background, skin and
 hair that the identity baseline copies perfectly; its numbers are reported too.
 
+Try-off is generated inside a region of the garment canvas, white outside (``eval.tryoff_region``):
+the whole canvas (``full``, mask-free), the box (``pred_box``, Mask2BBox pred) or the silhouette
+(``pred_mask``, the synthetic preset's choice) of the model's own predicted garment mask, or the same
+from the ground-truth mask (``gt_box``, ``gt_mask``: for analysis only, they use ground truth).
+
 **Rule:** the model beats baseline X on metric Y when its value is better (higher SSIM / IoU, lower L1).
 The comparisons that decide ``passed`` (:data:`PRIMARY_COMPARISONS`): try-on L1 and SSIM in the changed
 region against both try-on baselines, and in the repaint region against the masked person; try-off
@@ -70,8 +75,8 @@ def _to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def save_image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, *, row_labels: Optional[Sequence[str]] = None,
-                    scale: int = 2, pad: int = 2) -> Path:
+def save_image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, *,
+                    row_labels: Optional[Sequence[str]] = None, scale: int = 2, pad: int = 2) -> Path:
     """Write a PNG grid: ``rows[r][c]`` is an image (3 or 1, H, W) in [0, 1]; labels on the left."""
     cells = [[_to_pil(x) for x in row] for row in rows]
     ch = max(im.height for row in cells for im in row) * scale
@@ -103,24 +108,32 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_grid(model: TWGTMModel, items: dict, path: str | Path, *, steps: int = 10, seed: int = 0,
-                guidance_scale: Optional[float] = None) -> Path:
+                guidance_scale: Optional[float] = None, eta: Optional[float] = None,
+                tryoff_region: str = "full") -> Path:
     """Try-on and try-off of a batch of dataset items (as collated) -> PNG grid.
 
     Rows: person, garment, repaint mask, try-on, try-on ground truth (if the items carry one), try-off,
-    predicted garment mask.
+    predicted garment mask. ``guidance_scale``/``eta`` default to the model config's; ``tryoff_region`` as
+    in :func:`run_model` (the ground-truth variants are not available here and fall back to "full").
     """
-    pipe = TWGTMPipeline(model)
     person, garment = _unit(items["person"]), _unit(items["garment"])
     mask, cats = items["person_mask"], list(items["category"])
-    on = pipe.try_on(person, garment, mask, cats, num_inference_steps=steps, guidance_scale=guidance_scale,
-                     generator=seed).images
-    off = pipe.try_off(person, cats, num_inference_steps=steps, guidance_scale=guidance_scale, generator=seed)
-    rows = [list(person), list(garment), list(mask), list(on)]
+    cfg = model.config
+    old_eta = cfg.eta
+    if eta is not None:
+        cfg.eta = float(eta)
+    try:
+        outs = run_model(model, person, garment, mask, cats, steps=steps,
+                         guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale, seed=seed,
+                         tryoff_region=tryoff_region if tryoff_region.startswith("pred") else "full")
+    finally:
+        cfg.eta = old_eta
+    rows = [list(person), list(garment), list(mask), list(outs["tryon"])]
     labels = ["person", "garment", "mask", "try-on"]
     if "garment_target" in items:
         rows.append(list(_unit(items["garment_target"])))
         labels.append("try-on GT")
-    rows += [list(off.images), list(off.garment_mask)]
+    rows += [list(outs["tryoff"]), list(outs["mask"])]
     labels += ["try-off", "pred. mask"]
     return save_image_grid(rows, path, row_labels=labels)
 
@@ -171,7 +184,10 @@ def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, ma
     """Try-on, try-off and the predicted garment mask for all items (images in [0, 1], chunked).
 
     Try-off uses the whole canvas (``tryoff_region="full"``), the box around ``garment_mask`` with a 5%
-    margin (``"gt_box"``, Mask2BBox gt) or around the model's own mask (``"pred_box"``).
+    margin (``"gt_box"``, Mask2BBox gt) or ``garment_mask`` itself (``"gt_mask"``), or the box around /
+    the silhouette of the largest component of the model's own predicted mask (``"pred_box"``, Mask2BBox
+    pred / ``"pred_mask"``). With a region the canvas stays white outside it (the pipeline's paste-back,
+    as try-on pastes the person back outside its mask).
     """
     pipe = TWGTMPipeline(model)
     out: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
@@ -184,27 +200,30 @@ def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, ma
             out["tryon"].append(pipe.try_on(person[sl], garment[sl], mask[sl], cats, num_inference_steps=steps,
                                             guidance_scale=guidance_scale, generator=gen, scheduler=scheduler).images)
         if "tryoff" in tasks:
-            kwargs: dict[str, Any] = {}
+            region = None
             if tryoff_region == "gt_box":
-                kwargs["mask"] = mask_to_box(garment_mask[sl], margin=0.05)
-            elif tryoff_region == "pred_box":
-                kwargs["predicted_box"] = True
-            off = pipe.try_off(person[sl], cats, num_inference_steps=steps, guidance_scale=guidance_scale,
-                               generator=gen, scheduler=scheduler, output_size=canvas, **kwargs)
-            out["tryoff"].append(off.images)
+                region = mask_to_box(garment_mask[sl].float(), margin=0.05)
+            elif tryoff_region == "gt_mask":
+                region = (garment_mask[sl] > 0.5).float()
+            # outside a region the canvas stays white (paste_back), as try-on pastes the person back
+            off = pipe.try_off(person[sl], cats, region, predicted_box=tryoff_region == "pred_box",
+                               predicted_mask=tryoff_region == "pred_mask", num_inference_steps=steps,
+                               guidance_scale=guidance_scale, generator=gen, scheduler=scheduler,
+                               output_size=canvas).images
+            out["tryoff"].append(off)
         if "mask" in tasks:
             out["mask"].append(pipe.predict_garment_mask(person[sl], cats, output_size=canvas))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------- the report
-def _load_split(run, cfg) -> dict[str, Any]:
+def _load_split(run, cfg, root: Optional[str] = None) -> dict[str, Any]:
     from torch.utils.data import default_collate
 
     from .trainer import build_eval_dataset
 
-    unpaired = build_eval_dataset(run, cfg, pairs="unpaired")
-    paired = build_eval_dataset(run, cfg, pairs="paired")
+    unpaired = build_eval_dataset(run, cfg, pairs="unpaired", root=root)
+    paired = build_eval_dataset(run, cfg, pairs="paired", root=root)
     if not getattr(unpaired, "has_target", False):
         raise FileNotFoundError(f"report: expected the unpaired ground truth ({run.data.eval_split}/unpaired-gt/) "
                                 f"of a synthetic set; the report compares against rendered try-on ground truth")
@@ -221,12 +240,12 @@ def _load_split(run, cfg) -> dict[str, Any]:
 
 def _training_means(run, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean training garment (3, H, W) in [0, 1] and mean garment mask binarised at 0.5 (1, H, W)."""
-    from .trainer import build_train_dataset
+    from .trainer import FlipDataset, build_train_dataset
 
     ds = build_train_dataset(run, cfg)
     total_g, total_m, n = None, None, 0
     for i in range(len(ds)):
-        item = ds[(i, False)] if type(ds).__name__ == "FlipDataset" else ds[i]
+        item = ds[(i, False)] if isinstance(ds, FlipDataset) else ds[i]
         g, m = _unit(item["garment"]), item["garment_mask"].float()
         total_g = g if total_g is None else total_g + g
         total_m = m if total_m is None else total_m + m
@@ -252,14 +271,19 @@ def _task_metrics(task: str, pred: torch.Tensor, gt: torch.Tensor, region: Optio
     return values, dict(res.skipped)
 
 
-def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Optional[dict] = None) -> dict:
-    """Evaluate ``model`` and the baselines on the held-out synthetic pairs; write report.json/.md and grid.png."""
+def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Optional[dict] = None,
+                    eval_root: Optional[str] = None) -> dict:
+    """Evaluate ``model`` and the baselines on the held-out synthetic pairs; write report.json/.md and grid.png.
+
+    ``eval_root``: take the held-out pairs from the test split of another synthetic folder (a validation set);
+    the mean-garment and mean-mask baselines still come from the run's training set.
+    """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     ev = run.eval
-    data = _load_split(run, cfg)
+    data = _load_split(run, cfg, eval_root)
     mean_garment, mean_mask = _training_means(run, cfg)
     n = len(data["person"])
 
@@ -280,7 +304,8 @@ def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Opt
     candidates = {
         "tryon": {"model": outs["tryon"], "person_unchanged": person,
                   "masked_person": person * (1 - region) + 0.5 * region},
-        "tryoff": {"model": outs["tryoff"], "person_resized": fit_to_canvas(person, canvas, 1.0, mode="bicubic")[0].clamp(0, 1),
+        "tryoff": {"model": outs["tryoff"],
+                   "person_resized": fit_to_canvas(person, canvas, 1.0, mode="bicubic")[0].clamp(0, 1),
                    "mean_garment": mean_garment.expand(n, -1, -1, -1).contiguous()},
     }
     gts = {"tryon": data["tryon_gt"], "tryoff": data["own_garment"]}
@@ -315,10 +340,12 @@ def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Opt
         "rule": "the model beats baseline X on metric Y when its value is better (higher SSIM/IoU, lower L1); "
                 "'passed' requires every comparison in 'comparisons'",
         "items": n, "ids": data["ids"],
+        "held_out": (f"test split of {eval_root}" if eval_root else f"{run.data.eval_split} split of the run's data"),
         "changed_region_fraction": round(float(regions["changed"].mean()), 4),
         "repaint_region_fraction": round(float((region > 0.5).float().mean()), 4),
         "settings": {"num_inference_steps": ev.num_inference_steps, "guidance_scale": ev.guidance_scale,
-                     "scheduler": ev.scheduler, "eta": model.config.eta, "seed": ev.seed, "tryoff_region": ev.tryoff_region,
+                     "scheduler": ev.scheduler, "eta": model.config.eta, "seed": ev.seed,
+                     "tryoff_region": ev.tryoff_region,
                      "size": [cfg.height, cfg.width]},
         "results": results, "comparisons": comparisons, "skipped": skipped,
         "timings": dict(timings or {}, report_generation_s=round(gen_seconds, 1)),
@@ -347,13 +374,14 @@ def _fmt(v: Optional[float]) -> str:
 
 def _markdown(report: dict) -> str:
     names = {"changed_l1": "L1 changed region ↓", "changed_ssim": "SSIM changed region ↑",
-             "region_l1": "L1 repaint region ↓", "region_ssim": "SSIM repaint region ↑", "l1": "L1 ↓", "ssim": "SSIM ↑",
+             "region_l1": "L1 repaint region ↓", "region_ssim": "SSIM repaint region ↑",
+             "l1": "L1 ↓", "ssim": "SSIM ↑",
              "ms_ssim": "MS-SSIM ↑", "cw_ssim": "CW-SSIM ↑", "lpips": "LPIPS ↓", "dists": "DISTS ↓",
              "mask_iou": "mask IoU ↑"}
     titles = {"tryon": "Try-on (unpaired, rendered ground truth)", "tryoff": "Try-off (person -> flat garment)",
               "mask": "Garment mask"}
     lines = ["# Synthetic main job: model vs trivial baselines", "",
-             f"Held-out pairs: {report['items']}. Sampler: {report['settings']['scheduler']} "
+             f"Held-out pairs: {report['items']} ({report.get('held_out', 'test split')}). Sampler: {report['settings']['scheduler']} "
              f"{report['settings']['num_inference_steps']} steps, guidance {report['settings']['guidance_scale']}, "
              f"seed {report['settings']['seed']}; try-off region: {report['settings']['tryoff_region']}. "
              f"Changed region: {100 * report['changed_region_fraction']:.1f}% of the pixels, repaint region "

@@ -1,15 +1,23 @@
 """Stage 0 (synthetic preset only): fit the toy model's own small VAE.
 
-No pretrained SD VAE is reachable offline, so the synthetic preset trains the configured
+No pretrained SD VAE is reachable offline, so the synthetic preset fits the configured
 ``AutoencoderKL`` on the images the diffusion model will encode: persons, flat garments, and both with
 their repaint region blanked to 0 (the masked inputs of eq. 1). Loss: L1 + MSE reconstruction plus a
-small KL term. Afterwards the VAE is frozen; the latent scaling factor is set to ``1 / std`` of its
-latents (as SD's 0.18215 was chosen) so the diffusion model sees unit-variance latents.
+small KL term. A randomly initialised AutoencoderKL reproduces colour only after ~1,500 steps (measured:
+it learns luminance structure first), far beyond the CPU budget, so by default (``stage0.init:
+lowpass``) it starts as a colour-exact low-pass autoencoder (:func:`identity_init_vae`) and is fine-tuned
+from there; a few held-out images select the weights kept (the fine-tuning must not make it worse).
+Afterwards the VAE is frozen; the latent shift is set to the per-channel mean of its latents and the
+scaling factor to ``1 / std`` of the centred latents (as SD's 0.18215 was chosen, and as SD3 adds a
+shift), so the diffusion model sees zero-mean, unit-variance latents. Without the shift the colour means
+(~0.9 std) survive at t = T as a small signal the model learns to read in training, but pure-noise
+sampling does not have it: measured on the main job, try-on came out in wrong, over-saturated colours.
 
 Outputs in ``<output_dir>/stage0/``: ``vae.safetensors`` (weights, with the VAE config and the
 scaling factor in its metadata), ``log.csv`` and ``recon.png`` (inputs over reconstructions).
 The run is resumable: a checkpoint (weights, optimiser, step) is written every ``checkpoint_every``
-steps, and batches are a pure function of (seed, step).
+steps, and batches are a pure function of (seed, step); the held-out selection restarts at the resumed
+weights.
 """
 from __future__ import annotations
 
@@ -185,17 +193,18 @@ def stage0_done(run: RunConfig) -> bool:
     return (run.output_path / "stage0" / _VAE_FILE).is_file()
 
 
-def _save_vae(vae: AutoencoderKL, path: Path, scaling_factor: float, step: int) -> None:
+def _save_vae(vae: AutoencoderKL, path: Path, scaling_factor: float, shift: list[float], step: int) -> None:
     meta = {"vae_config": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in dict(vae.config).items()
                                       if not k.startswith("_")}),
-            "scaling_factor": repr(float(scaling_factor)), "step": str(step)}
+            "scaling_factor": repr(float(scaling_factor)), "shift_factor": json.dumps([float(v) for v in shift]),
+            "step": str(step)}
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def load_stage0_vae(run: RunConfig) -> tuple[AutoencoderKL, float]:
-    """The frozen stage-0 VAE and its latent scaling factor."""
+def load_stage0_vae(run: RunConfig) -> tuple[AutoencoderKL, float, list[float]]:
+    """The frozen stage-0 VAE, its latent scaling factor and its per-channel latent shift."""
     path = run.output_path / "stage0" / _VAE_FILE
     if not path.is_file():
         raise MissingFileError(f"stage 0 VAE: expected {str(path)!r}; run `python -m training train --stage 0` first")
@@ -204,13 +213,15 @@ def load_stage0_vae(run: RunConfig) -> tuple[AutoencoderKL, float]:
     try:
         cfg = json.loads(meta["vae_config"])
         scale = float(meta["scaling_factor"])
-    except (KeyError, ValueError) as exc:
-        raise WeightsError(f"stage 0 VAE {str(path)!r}: missing vae_config/scaling_factor metadata") from exc
+        shift = [float(v) for v in json.loads(meta["shift_factor"])]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise WeightsError(f"stage 0 VAE {str(path)!r}: expected vae_config, scaling_factor and shift_factor "
+                           f"metadata (a file from an older version: delete it to refit stage 0)") from exc
     known = set(inspect.signature(AutoencoderKL.__init__).parameters)
     vae = AutoencoderKL(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in known})
     vae.load_state_dict(load_file(str(path)))
     vae.requires_grad_(False).eval()
-    return vae, scale
+    return vae, scale, shift
 
 
 class _Reconstruction(torch.nn.Module):
@@ -244,10 +255,12 @@ def _val_l1(vae: AutoencoderKL, val: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _latent_std(vae: AutoencoderKL, pool: torch.Tensor, seed: int) -> float:
+def _latent_stats(vae: AutoencoderKL, pool: torch.Tensor, seed: int) -> tuple[list[float], float]:
+    """Per-channel mean of the posterior samples of ``pool`` and the std of the centred latents."""
     g = torch.Generator().manual_seed(seed)
-    zs = [vae.encode(part).latent_dist.sample(generator=g) for part in pool.split(64)]
-    return float(torch.cat(zs).float().std())
+    z = torch.cat([vae.encode(part).latent_dist.sample(generator=g) for part in pool.split(64)]).float()
+    mean = z.mean(dim=(0, 2, 3))
+    return mean.tolist(), float((z - mean.view(1, -1, 1, 1)).std())
 
 
 def _save_recon_grid(vae: AutoencoderKL, pool: torch.Tensor, path: Path) -> None:
@@ -296,7 +309,13 @@ def train_vae(run: RunConfig, cfg: TWGTMConfig, dataset, accelerator) -> Path:
                                               (0.5 * (1 + math.cos(math.pi * min(1.0, k / max(1, s0.max_steps))))))
     for _ in range(start):
         sched.step()
+    handler = getattr(accelerator, "ddp_handler", None)  # every VAE parameter gets a gradient: no search
+    unused = getattr(handler, "find_unused_parameters", None)
+    if handler is not None:
+        handler.find_unused_parameters = False
     objective, opt = accelerator.prepare(_Reconstruction(vae), opt)
+    if handler is not None:
+        handler.find_unused_parameters = unused
     rank, world = accelerator.process_index, accelerator.num_processes
 
     # 2. loop
@@ -341,7 +360,8 @@ def train_vae(run: RunConfig, cfg: TWGTMConfig, dataset, accelerator) -> Path:
         if done % s0.checkpoint_every == 0 and done < s0.max_steps and accelerator.is_main_process:
             ckpt_dir.mkdir(exist_ok=True)
             raw = accelerator.unwrap_model(objective).vae
-            save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(ckpt_dir / "vae.safetensors"))
+            save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()},
+                      str(ckpt_dir / "vae.safetensors"))
             torch.save(opt.state_dict(), ckpt_dir / "optimizer.pt")
             (ckpt_dir / "state.json").write_text(json.dumps({"step": done}))
     progress.close()
@@ -351,11 +371,12 @@ def train_vae(run: RunConfig, cfg: TWGTMConfig, dataset, accelerator) -> Path:
     raw.load_state_dict(best[2])
     logger.info("stage 0: validation L1 %.4f at step %d (kept)", best[0], best[1])
     if accelerator.is_main_process:
-        std = _latent_std(raw, pool.to(accelerator.device), run.seed)
+        shift, std = _latent_stats(raw, pool.to(accelerator.device), run.seed)
         scale = 1.0 / max(std, 1e-6)
-        _save_vae(raw, final, scale, s0.max_steps)
+        _save_vae(raw, final, scale, shift, s0.max_steps)
         _save_recon_grid(raw, pool.to(accelerator.device), out / "recon.png")
-        logger.info("stage 0: VAE saved to %s (latent std %.4f, scaling factor %.4f, %.1f s)", final, std, scale,
+        logger.info("stage 0: VAE saved to %s (latent shift %s, std %.4f, scaling factor %.4f, %.1f s)", final,
+                    [round(v, 4) for v in shift], std, scale,
                     time.perf_counter() - t0)
     accelerator.wait_for_everyone()
     accelerator.free_memory()

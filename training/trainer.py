@@ -204,22 +204,24 @@ def build_train_dataset(run: RunConfig, cfg: TWGTMConfig) -> Dataset:
     return FlipDataset(ds) if run.data.hflip else ds
 
 
-def build_eval_dataset(run: RunConfig, cfg: TWGTMConfig, *, pairs: str = "unpaired") -> Dataset:
-    """The held-out split of the first dataset (the synthetic set when there is one)."""
-    kind, root, cats = _dataset_specs(run)[0]
-    return _open(kind, root, cats, split=run.data.eval_split, pairs=pairs, size=(cfg.height, cfg.width))
+def build_eval_dataset(run: RunConfig, cfg: TWGTMConfig, *, pairs: str = "unpaired",
+                       root: Optional[str] = None) -> Dataset:
+    """The held-out split of the first dataset (the synthetic set when there is one), or of the same kind of
+    dataset at ``root`` (e.g. a validation set generated with another seed)."""
+    kind, own_root, cats = _dataset_specs(run)[0]
+    return _open(kind, root or own_root, cats, split=run.data.eval_split, pairs=pairs, size=(cfg.height, cfg.width))
 
 
 # ---------------------------------------------------------------------------------------------- model
 def model_config(run: RunConfig, stage: int) -> TWGTMConfig:
-    """The model config of a stage; with stage 0 its latent scaling factor comes from the own VAE."""
+    """The model config of a stage; with stage 0 its latent scaling and shift come from the own VAE."""
     cfg = run.model.build()
     cfg.stage = 1 if stage <= 1 else 2
     if run.stage0.enabled:
         from .stage0_vae import load_stage0_vae
 
-        _, scale = load_stage0_vae(run)
-        cfg.scaling_factor = scale
+        _, scale, shift = load_stage0_vae(run)
+        cfg.scaling_factor, cfg.shift_factor = scale, shift
     return cfg
 
 
@@ -237,7 +239,7 @@ def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMModel:
     if run.stage0.enabled:
         from .stage0_vae import load_stage0_vae
 
-        vae, _ = load_stage0_vae(run)
+        vae, _, _ = load_stage0_vae(run)
     w = run.weights
     if w.random_base:
         model = TWGTMModel(cfg, vae=vae, random_prompts=True)
@@ -368,6 +370,49 @@ def parameter_groups(model: TWGTMModel, s: StageConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+class EMA:
+    """Exponential moving average of the trainable parameters (warm-up: decay ``min(d, (1+n)/(10+n))``)."""
+
+    def __init__(self, params: list[torch.Tensor], decay: float):
+        self.params = params
+        self.decay = decay
+        self.updates = 0
+        self.shadow = [p.detach().clone().float() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1.0 - d)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the live weights and the averaged ones (call twice to restore)."""
+        for s, p in zip(self.shadow, self.params):
+            tmp = p.detach().clone()
+            p.copy_(s.to(p.dtype))
+            s.copy_(tmp.float())
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({f"{i}": s.contiguous().cpu() for i, s in enumerate(self.shadow)}, str(path),
+                  metadata={"updates": str(self.updates), "decay": repr(self.decay)})
+
+    def load(self, path: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        if len(state) != len(self.shadow):
+            raise WeightsError(f"EMA {str(path)!r}: expected {len(self.shadow)} tensors, got {len(state)}")
+        for i, s in enumerate(self.shadow):
+            s.copy_(state[str(i)])
+        with safe_open(str(path), framework="pt") as f:
+            self.updates = int((f.metadata() or {}).get("updates", 0))
+
+
 def _lr_lambda(warmup: int):
     return lambda k: min(1.0, (k + 1) / max(1, warmup))  # linear warm-up, then constant (spec #32)
 
@@ -397,13 +442,15 @@ def find_checkpoint(run: RunConfig, stage: int, resume: Optional[str]) -> Option
     return p
 
 
-def _save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, keep: int) -> Path:
+def _save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, keep: int, extra=None) -> Path:
     path = ckpt_root / f"step-{step:06d}"
     if accelerator.is_main_process and path.exists():
         shutil.rmtree(path)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
+        if extra is not None:
+            extra(path)
         tmp = path / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, path / STATE_FILE)  # the completion marker, written last
@@ -473,7 +520,8 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     ckpt_root = out / "checkpoints"
     final_path = stage_model_path(run, stage)
     t_start = time.perf_counter()
-    if resume == "auto" and final_path.is_file() and not _checkpoints(ckpt_root):
+    found = _checkpoints(ckpt_root)
+    if resume == "auto" and final_path.is_file() and (not found or found[-1][0] >= total):
         logger.info("stage %d: %s exists, skipping", stage, final_path)
         return StageResult(stage, final_path, total, 0.0, None)
     if accelerator.is_main_process:
@@ -494,6 +542,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     objective, optimizer = accelerator.prepare(objective, optimizer)
     raw_model: TWGTMModel = accelerator.unwrap_model(objective).model
     trainable = [p for g in groups for p in g["params"]]
+    ema = EMA(trainable, s.ema_decay) if s.ema_decay else None
     logger.info("stage %d: %s trainable parameters in groups %s", stage,
                 f"{sum(p.numel() for p in trainable):,}", group_names)
 
@@ -503,9 +552,12 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     if ckpt is not None:
         state = json.loads((ckpt / STATE_FILE).read_text())
         if int(state.get("stage", stage)) != stage:
-            raise ConfigError(f"--resume: {str(ckpt)!r} is a stage-{state.get('stage')} checkpoint, this is stage {stage}")
+            raise ConfigError(f"--resume: expected a stage-{stage} checkpoint, got {str(ckpt)!r} "
+                              f"(stage {state.get('stage')})")
         accelerator.load_state(str(ckpt))
         lr_schedule.load_state_dict(state["lr_schedule"])
+        if ema is not None:
+            ema.load(ckpt / "ema.safetensors")
         step = int(state["step"])
         if state.get("world") not in (None, accelerator.num_processes):
             logger.warning("resuming a %s-process run on %d processes: the data order continues from the same "
@@ -540,11 +592,14 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
             with (nullcontext() if sync or world == 1 else accelerator.no_sync(objective)):
                 parts = objective(batch, seed)
                 accelerator.backward(parts["loss"] / s.grad_accum)
-            sums += torch.stack([parts[k].detach().float().cpu() for k in ("loss", "diffusion", "mask", "vtoff_fraction")])
+            sums += torch.stack([parts[k].detach().float().cpu()
+                                 for k in ("loss", "diffusion", "mask", "vtoff_fraction")])
         grad_norm = accelerator.clip_grad_norm_(trainable, s.grad_clip) if s.grad_clip > 0 else None
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
         step += 1
         steps_timed += 1
         progress.update(1)
@@ -567,12 +622,17 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
             log.write(row)
             progress.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
         if sample_items is not None and (step % s.sample_every == 0 or step == total):
-            _write_samples(raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run.eval.seed)
+            if ema is not None:
+                ema.swap()
+            _write_samples(raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run)
+            if ema is not None:
+                ema.swap()
         if step % s.checkpoint_every == 0 or step == total or step == stop_after:
             state = {"stage": stage, "step": step, "lr_schedule": lr_schedule.state_dict(),
                      "data_position": step * s.grad_accum * s.batch_size * world, "micro_batches": step * s.grad_accum,
                      "seed": run.seed, "world": world, "time": time.time()}
-            _save_checkpoint(accelerator, ckpt_root, step, state, s.keep_checkpoints)
+            _save_checkpoint(accelerator, ckpt_root, step, state, s.keep_checkpoints,
+                             extra=(lambda d: ema.save(d / "ema.safetensors")) if ema is not None else None)
         if stop_after is not None and step >= stop_after:
             progress.close()
             return StageResult(stage, final_path, step, time.perf_counter() - t_start, last_loss)
@@ -581,7 +641,9 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
         logger.info("stage %d: %d steps in %.1f s (%.2f s/step)", stage, steps_timed, time.perf_counter() - t_loop,
                     (time.perf_counter() - t_loop) / steps_timed)
 
-    # 5. the stage's weights
+    # 5. the stage's weights (the averaged ones with EMA)
+    if ema is not None:
+        ema.swap()
     if accelerator.is_main_process:
         save_twgtm(raw_model, final_path, include_base=run.export.include_base,
                    extra_metadata={"run": run.name, "steps": str(step)})
@@ -606,13 +668,14 @@ def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[
     return default_collate([ds[i] if not isinstance(ds, FlipDataset) else ds[(i, False)] for i in range(n)])
 
 
-def _write_samples(model: TWGTMModel, items: dict, path: Path, s: StageConfig, seed: int) -> None:
+def _write_samples(model: TWGTMModel, items: dict, path: Path, s: StageConfig, run: RunConfig) -> None:
     from .report import sample_grid
 
     was_training = model.training
     model.eval()
     try:
-        sample_grid(model, items, path, steps=s.sample_steps, seed=seed)
+        sample_grid(model, items, path, steps=s.sample_steps, seed=run.eval.seed,
+                    guidance_scale=run.eval.guidance_scale, eta=run.eval.eta, tryoff_region=run.eval.tryoff_region)
     finally:
         model.train(was_training)
 
