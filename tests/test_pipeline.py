@@ -45,6 +45,8 @@ def test_try_off_and_mask(pipe, images):
     assert not torch.equal(boxed.images, pipe.try_off(person, "upper", num_inference_steps=STEPS, generator=0).images)
     pred = pipe.try_off(person, "upper", predicted_box=True, num_inference_steps=STEPS, generator=0, output_size=(80, 60))
     assert pred.images.shape == (2, 3, 80, 60) and pred.garment_mask.shape == (2, 1, 80, 60)
+    assert torch.allclose(pred.garment_mask, pipe.predict_garment_mask(person, "upper", output_size=(80, 60)),
+                          atol=1e-6), "at any output size, the same mask as predict_garment_mask"
 
 
 def test_try_off_region_stays_white_outside(pipe, images):
@@ -86,6 +88,17 @@ def test_latent_shift_round_trip():
     decoded_shifted = model.decode_latents(z1)
     model.config.shift_factor = 0.0
     assert torch.allclose(decoded_shifted, model.decode_latents(z0), atol=1e-5), "decode inverts the shift"
+
+
+def test_eta_is_a_per_call_option(pipe, images):
+    person, garment, mask = images
+    run = lambda **kw: pipe.try_on(person, garment, mask, "upper", num_inference_steps=STEPS, generator=0, **kw).images
+    assert pipe.config.eta == 1.0
+    assert torch.equal(run(), run(eta=1.0)), "None means the config's eta"
+    assert not torch.equal(run(), run(eta=0.0))
+    assert pipe.config.eta == 1.0, "the call does not change the config"
+    with pytest.raises(InputError, match="eta: expected a float >= 0"):
+        run(eta=-0.5)
 
 
 def test_seeding(pipe, images):

@@ -126,11 +126,9 @@ def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocol
     cfg = model.config
     size = tuple(opts.size) if opts.size else (cfg.height, cfg.width)
     model.eval()
-    if opts.eta is not None:
-        model.config.eta = float(opts.eta)
     common = dict(weights_dir=opts.weights_dir, lpips_net=opts.lpips_net, clip_dir=opts.clip_dir,
                   dino_dir=opts.dino_dir)
-    gen = dict(steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale, seed=opts.seed,
+    gen = dict(steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale, eta=opts.eta, seed=opts.seed,
                scheduler=opts.scheduler, batch_size=opts.batch_size)
     summary: dict[str, Any] = {"data": str(data_root), "size": list(size), "settings": {
         k: v for k, v in opts.__dict__.items() if k not in ("extra",)}, "protocols": {}}

@@ -118,16 +118,9 @@ def sample_grid(model: TWGTMModel, items: dict, path: str | Path, *, steps: int 
     """
     person, garment = _unit(items["person"]), _unit(items["garment"])
     mask, cats = items["person_mask"], list(items["category"])
-    cfg = model.config
-    old_eta = cfg.eta
-    if eta is not None:
-        cfg.eta = float(eta)
-    try:
-        outs = run_model(model, person, garment, mask, cats, steps=steps,
-                         guidance_scale=cfg.guidance_scale if guidance_scale is None else guidance_scale, seed=seed,
-                         tryoff_region=tryoff_region if tryoff_region.startswith("pred") else "full")
-    finally:
-        cfg.eta = old_eta
+    outs = run_model(model, person, garment, mask, cats, steps=steps,
+                     guidance_scale=model.config.guidance_scale if guidance_scale is None else guidance_scale,
+                     eta=eta, seed=seed, tryoff_region=tryoff_region if tryoff_region.startswith("pred") else "full")
     rows = [list(person), list(garment), list(mask), list(outs["tryon"])]
     labels = ["person", "garment", "mask", "try-on"]
     if "garment_target" in items:
@@ -179,9 +172,13 @@ def region_ssim(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> flo
 @torch.no_grad()
 def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, mask: torch.Tensor,
               categories: list[str], *, steps: int, guidance_scale: float, seed: int, scheduler: str = "ddim",
-              batch_size: int = 16, tryoff_region: str = "full", garment_mask: Optional[torch.Tensor] = None,
+              eta: Optional[float] = None, batch_size: int = 16, tryoff_region: str = "full",
+              garment_mask: Optional[torch.Tensor] = None,
               tasks: Sequence[str] = ("tryon", "tryoff", "mask")) -> dict[str, torch.Tensor]:
     """Try-on, try-off and the predicted garment mask for all items (images in [0, 1], chunked).
+
+    ``eta``: DDIM eta (None: the model config's). With try-off, the mask is the one try-off predicted
+    (the same TFQ_0 as :meth:`TWGTMPipeline.predict_garment_mask`, computed once).
 
     Try-off uses the whole canvas (``tryoff_region="full"``), the box around ``garment_mask`` with a 5%
     margin (``"gt_box"``, Mask2BBox gt) or ``garment_mask`` itself (``"gt_mask"``), or the box around /
@@ -198,7 +195,8 @@ def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, ma
         gen = seed + i  # a different, reproducible seed per chunk
         if "tryon" in tasks:
             out["tryon"].append(pipe.try_on(person[sl], garment[sl], mask[sl], cats, num_inference_steps=steps,
-                                            guidance_scale=guidance_scale, generator=gen, scheduler=scheduler).images)
+                                            guidance_scale=guidance_scale, eta=eta, generator=gen,
+                                            scheduler=scheduler).images)
         if "tryoff" in tasks:
             region = None
             if tryoff_region == "gt_box":
@@ -208,10 +206,12 @@ def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, ma
             # outside a region the canvas stays white (paste_back), as try-on pastes the person back
             off = pipe.try_off(person[sl], cats, region, predicted_box=tryoff_region == "pred_box",
                                predicted_mask=tryoff_region == "pred_mask", num_inference_steps=steps,
-                               guidance_scale=guidance_scale, generator=gen, scheduler=scheduler,
-                               output_size=canvas).images
-            out["tryoff"].append(off)
-        if "mask" in tasks:
+                               guidance_scale=guidance_scale, eta=eta, generator=gen, scheduler=scheduler,
+                               output_size=canvas)
+            out["tryoff"].append(off.images)
+            if "mask" in tasks:
+                out["mask"].append(off.garment_mask)
+        elif "mask" in tasks:
             out["mask"].append(pipe.predict_garment_mask(person[sl], cats, output_size=canvas))
     return {k: torch.cat(v) for k, v in out.items()}
 
@@ -240,12 +240,12 @@ def _load_split(run, cfg, root: Optional[str] = None) -> dict[str, Any]:
 
 def _training_means(run, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean training garment (3, H, W) in [0, 1] and mean garment mask binarised at 0.5 (1, H, W)."""
-    from .trainer import FlipDataset, build_train_dataset
+    from .trainer import build_train_dataset
 
     ds = build_train_dataset(run, cfg)
     total_g, total_m, n = None, None, 0
     for i in range(len(ds)):
-        item = ds[(i, False)] if isinstance(ds, FlipDataset) else ds[i]
+        item = ds[i]  # a FlipDataset reads a plain index unflipped
         g, m = _unit(item["garment"]), item["garment_mask"].float()
         total_g = g if total_g is None else total_g + g
         total_m = m if total_m is None else total_m + m
@@ -289,11 +289,10 @@ def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Opt
 
     # 1. model outputs
     model.eval()
-    if ev.eta is not None:
-        model.config.eta = float(ev.eta)
+    eta = model.config.eta if ev.eta is None else float(ev.eta)
     t_gen = time.perf_counter()
     outs = run_model(model, data["person"], data["garment"], data["mask"], data["categories"],
-                     steps=ev.num_inference_steps, guidance_scale=ev.guidance_scale, seed=ev.seed,
+                     steps=ev.num_inference_steps, guidance_scale=ev.guidance_scale, eta=eta, seed=ev.seed,
                      scheduler=ev.scheduler, batch_size=ev.batch_size, tryoff_region=ev.tryoff_region,
                      garment_mask=data["garment_mask"])
     gen_seconds = time.perf_counter() - t_gen
@@ -344,7 +343,7 @@ def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Opt
         "changed_region_fraction": round(float(regions["changed"].mean()), 4),
         "repaint_region_fraction": round(float((region > 0.5).float().mean()), 4),
         "settings": {"num_inference_steps": ev.num_inference_steps, "guidance_scale": ev.guidance_scale,
-                     "scheduler": ev.scheduler, "eta": model.config.eta, "seed": ev.seed,
+                     "scheduler": ev.scheduler, "eta": eta, "seed": ev.seed,
                      "tryoff_region": ev.tryoff_region,
                      "size": [cfg.height, cfg.width]},
         "results": results, "comparisons": comparisons, "skipped": skipped,

@@ -665,7 +665,7 @@ def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[
     n = min(s.num_samples, len(ds))
     if n == 0:
         return None
-    return default_collate([ds[i] if not isinstance(ds, FlipDataset) else ds[(i, False)] for i in range(n)])
+    return default_collate([ds[i] for i in range(n)])  # a FlipDataset reads a plain index unflipped
 
 
 def _write_samples(model: TWGTMModel, items: dict, path: Path, s: StageConfig, run: RunConfig) -> None:

@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 # Canonical category names, and the aliases users and datasets use for them.
 CATEGORIES: tuple[str, ...] = ("upper", "lower", "dress")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts; SD1.5: epsilon
 CATEGORY_ALIASES: dict[str, str] = {
     "upper": "upper", "upper_body": "upper", "upper garment": "upper", "top": "upper", "tops": "upper",
     "lower": "lower", "lower_body": "lower", "lower garment": "lower", "bottom": "lower", "bottoms": "lower",
@@ -248,8 +249,8 @@ class TWGTMConfig:
             raise ConfigError(f"taskformer.pixel_decoder: expected 'fpn' or 'linear', got {self.taskformer.pixel_decoder!r}")
         if self.stage not in (1, 2):
             raise ConfigError(f"stage: expected 1 or 2, got {self.stage!r}")
-        if self.scheduler.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction", "sample"):
-            raise ConfigError(f"scheduler.prediction_type: expected 'epsilon', 'v_prediction' or 'sample', "
+        if self.scheduler.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+            raise ConfigError(f"scheduler.prediction_type: expected one of {PREDICTION_TYPES}, "
                               f"got {self.scheduler.get('prediction_type')!r}")
         if self.loss.loss_region not in ("full", "target"):
             raise ConfigError(f"loss.loss_region: expected 'full' or 'target', got {self.loss.loss_region!r}")

@@ -13,7 +13,7 @@ import torch.nn as nn
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from .attention import add_extended_attention, extended_processors, precompute_srm_kv, set_plain_processors
-from .config import TWGTMConfig
+from .config import PREDICTION_TYPES, TWGTMConfig
 from .errors import ConfigError
 from .latents import LatentCondition, build_condition, concat_halves, sample_square_region, split_halves, unet_input
 from .losses import diffusion_loss, mask_loss
@@ -281,7 +281,7 @@ class TWGTMModel(nn.Module):
         elif kind == "sample":
             target = cond.z0
         else:
-            raise ConfigError(f"scheduler.prediction_type: expected 'epsilon', 'v_prediction' or 'sample', got {kind!r}")
+            raise ConfigError(f"scheduler.prediction_type: expected one of {PREDICTION_TYPES}, got {kind!r}")
         l_diff = diffusion_loss(pred, target, region=cfg.loss.loss_region, concat_dim=cfg.concat_dim)
         if need_srm and mask_w > 0:
             l_mask = mask_loss(feats.srm.tfq0_logits, garment_mask, vtoff,

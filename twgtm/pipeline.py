@@ -22,7 +22,7 @@ from .errors import ConfigError, InputError
 from .images import Placement, as_image_batch, as_mask_batch, broadcast_batch, fit_to_canvas, resize, restore_from_canvas
 from .latents import (LatentCondition, build_condition, concat_halves, largest_component, mask_to_box,
                       target_half, unconditional, unet_input, white_canvas)
-from .model import TWGTMModel
+from .model import ReferenceFeatures, TWGTMModel
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class TWGTMPipeline:
             raise InputError(f"category: expected one of {self.config.categories} (or an alias), got {category!r}") from exc
         return torch.tensor(idx, dtype=torch.long, device=self.model.device)
 
-    def _check_options(self, steps: int, guidance_scale: float, strength: float) -> None:
+    def _check_options(self, steps: int, guidance_scale: float, strength: float, eta: float) -> None:
         max_steps = int(self.config.scheduler["num_train_timesteps"]) - int(self.config.scheduler.get("steps_offset", 0))
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or steps > max_steps:
             raise InputError(f"num_inference_steps: expected an int in [1, {max_steps}], got {steps!r}")
@@ -120,6 +120,13 @@ class TWGTMPipeline:
             raise InputError(f"guidance_scale: expected a float in [1, 100] (1 disables CFG), got {guidance_scale!r}")
         if not (0.0 < strength <= 1.0):
             raise InputError(f"strength: expected a float in (0, 1], got {strength!r}")
+        if not (eta >= 0.0):
+            raise InputError(f"eta: expected a float >= 0 (DDIM: 0 deterministic, 1 as DDPM), got {eta!r}")
+
+    def _mask_probs(self, tfq0_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """TFQ_0 logits (B, 1, H/4, W/4) -> flat-garment mask probabilities (B, 1, H, W) at ``size``, on the CPU."""
+        probs = torch.sigmoid(tfq0_logits.float()).cpu()
+        return F.interpolate(probs, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
 
     def _canvas(self, x: torch.Tensor, fill: float, mode: str = "bicubic") -> tuple[torch.Tensor, Placement]:
         return fit_to_canvas(x, (self.config.height, self.config.width), fill, mode=mode)
@@ -131,20 +138,23 @@ class TWGTMPipeline:
     # ------------------------------------------------------------------ the denoising loop
     @torch.no_grad()
     def _generate(self, target: torch.Tensor, reference: torch.Tensor, region: torch.Tensor, cat_idx: torch.Tensor, *,
-                  steps: int, guidance_scale: float, generator: torch.Generator, scheduler: str, strength: float,
-                  callback: Callback | None, want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Model-size target/reference/region in [-1, 1] -> generated target half in [-1, 1] (+ TFQ_0 probs)."""
+                  steps: int, guidance_scale: float, eta: float, generator: torch.Generator, scheduler: str,
+                  strength: float, callback: Callback | None,
+                  feats: ReferenceFeatures | None = None) -> torch.Tensor:
+        """Model-size target/reference/region in [-1, 1] -> generated target half in [-1, 1].
+
+        ``feats``: the reference features when the caller already computed them (try-off needs them for
+        its mask anyway); otherwise they are computed here.
+        """
         model, cfg = self.model, self.config
         dev, dtype = model.device, model.dtype
         b = target.shape[0]
 
         # 1. step-independent features: F_SAM, SRM, F_SRM, K'/V' (once per call, never per step)
-        with self._encoders_on_device():
-            feats = model.encode_reference(reference, cat_idx, with_srm=model.stage == 2 or want_mask)
-            srm_kv = model.precompute_srm_kv(feats.f_srm) if feats.f_srm is not None else None
-        garment_mask = None
-        if want_mask:
-            garment_mask = torch.sigmoid(feats.srm.tfq0_logits[-1].float())  # (B, 1, H/4, W/4)
+        if feats is None:
+            with self._encoders_on_device():
+                feats = model.encode_reference(reference, cat_idx, with_srm=model.stage == 2)
+        srm_kv = model.precompute_srm_kv(feats.f_srm) if feats.f_srm is not None else None  # UNet weights only
 
         # 2. latent condition, encoding one image at a time
         encode = lambda x: model.encode_images(x, chunk=1)  # noqa: E731
@@ -177,7 +187,7 @@ class TWGTMPipeline:
         extra = {}
         step_params = set(inspect.signature(sched.step).parameters)
         if "eta" in step_params:
-            extra["eta"] = cfg.eta
+            extra["eta"] = eta
         if "generator" in step_params:
             extra["generator"] = generator
 
@@ -197,15 +207,14 @@ class TWGTMPipeline:
                 callback(i + 1, total, latents)
 
         # 6. decode the generated half only, one image at a time
-        out = model.decode_latents(target_half(latents, cfg.concat_dim), chunk=1).float()
-        return out, garment_mask
+        return model.decode_latents(target_half(latents, cfg.concat_dim), chunk=1).float()
 
     # ------------------------------------------------------------------ public operations
     @torch.no_grad()
     def try_on(self, person: torch.Tensor, garment: torch.Tensor, mask: torch.Tensor, category: str | Sequence[str], *,
                num_inference_steps: int | None = None, guidance_scale: float | None = None, generator=None,
-               scheduler: str = "ddim", output_size: tuple[int, int] | None = None, paste_back: bool = True,
-               strength: float = 1.0, callback: Callback | None = None) -> TWGTMOutput:
+               eta: float | None = None, scheduler: str = "ddim", output_size: tuple[int, int] | None = None,
+               paste_back: bool = True, strength: float = 1.0, callback: Callback | None = None) -> TWGTMOutput:
         """Dress ``person`` in ``garment`` inside ``mask`` (1 = region to dress).
 
         Args:
@@ -213,9 +222,10 @@ class TWGTMPipeline:
             garment: (B or 1, C, Hg, Wg) in [0, 1]; a single garment is broadcast to the batch.
             mask: (B or 1, 1, H, W), (B, H, W) or (H, W); resized to the person's size; must not be empty.
             category: "upper", "lower" or "dress" (or an alias), one for all or one per person.
-            num_inference_steps, guidance_scale: default to the config (50, 2.5). Scale 1 disables CFG.
+            num_inference_steps, guidance_scale, eta: default to the config (50, 2.5, 1.0). Scale 1 disables
+                CFG; eta is DDIM's noise share (0: deterministic).
             generator: int seed, ``torch.Generator`` (CPU) or None (random).
-            scheduler: "ddim" (default, eta from the config), "dpm++", "euler" or "ddpm".
+            scheduler: "ddim" (default), "dpm++", "euler" or "ddpm".
             output_size: (H, W) of the result; default the person's size.
             paste_back: copy pixels outside the mask from ``person`` (bit-identical), default on.
             strength: 1 starts from pure noise; lower keeps more of the person inside the mask.
@@ -224,7 +234,8 @@ class TWGTMPipeline:
         # 1. check inputs
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
-        self._check_options(steps, scale, strength)
+        eta = self.config.eta if eta is None else float(eta)
+        self._check_options(steps, scale, strength, eta)
         person = as_image_batch(person, "person")
         b, (h, w) = person.shape[0], tuple(person.shape[-2:])
         garment = broadcast_batch(as_image_batch(garment, "garment"), b, "garment")
@@ -242,9 +253,9 @@ class TWGTMPipeline:
         garment_c, _ = self._canvas(garment, 1.0)
 
         # 3. generate
-        out, _ = self._generate(self._to_model(person_c), self._to_model(garment_c), mask_c.to(self.model.device),
-                                cat_idx, steps=steps, guidance_scale=scale, generator=gen, scheduler=scheduler,
-                                strength=strength, callback=callback, want_mask=False)
+        out = self._generate(self._to_model(person_c), self._to_model(garment_c), mask_c.to(self.model.device),
+                             cat_idx, steps=steps, guidance_scale=scale, eta=eta, generator=gen, scheduler=scheduler,
+                             strength=strength, callback=callback)
         out = ((out + 1.0) / 2.0).clamp(0, 1).cpu()
 
         # 4. restore the input size and paste the unmasked pixels back
@@ -258,9 +269,10 @@ class TWGTMPipeline:
     @torch.no_grad()
     def try_off(self, person: torch.Tensor, category: str | Sequence[str], mask: torch.Tensor | None = None, *,
                 predicted_box: bool = False, predicted_mask: bool = False, box_margin: float = 0.05,
-                num_inference_steps: int | None = None, guidance_scale: float | None = None, generator=None,
-                scheduler: str = "ddim", output_size: tuple[int, int] | None = None, strength: float = 1.0,
-                paste_back: bool = True, callback: Callback | None = None) -> TWGTMOutput:
+                num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                eta: float | None = None, generator=None, scheduler: str = "ddim",
+                output_size: tuple[int, int] | None = None, strength: float = 1.0, paste_back: bool = True,
+                callback: Callback | None = None) -> TWGTMOutput:
         """Take the ``category`` garment off ``person`` and return it as a flat catalogue image.
 
         Mask-free by default (the whole canvas is generated). ``mask`` (in the garment canvas frame:
@@ -269,7 +281,7 @@ class TWGTMPipeline:
         predicted flat-garment mask (Mask2BBox "pred"), ``predicted_mask=True`` that mask's silhouette
         (its largest component). An empty ``mask`` (or nothing predicted) is treated as mask-free.
         With a region, ``paste_back`` (default) keeps the canvas exactly white outside it, as try-on keeps
-        the person's pixels outside its mask.
+        the person's pixels outside its mask. The other options are those of :meth:`try_on`.
 
         Returns ``images`` (B, 3, H, W) at ``output_size`` (default: the model canvas size) and the
         predicted flat-garment mask ``garment_mask`` (B, 1, H, W) at the same size.
@@ -277,7 +289,8 @@ class TWGTMPipeline:
         # 1. check inputs
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         scale = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
-        self._check_options(steps, scale, strength)
+        eta = self.config.eta if eta is None else float(eta)
+        self._check_options(steps, scale, strength, eta)
         chosen = [n for n, on in (("mask", mask is not None), ("predicted_box", predicted_box),
                                   ("predicted_mask", predicted_mask)) if on]
         if len(chosen) > 1:
@@ -290,7 +303,12 @@ class TWGTMPipeline:
         person_c, _ = self._canvas(person, 1.0)
         reference = self._to_model(person_c)
 
-        # 2. the region to generate on the white canvas
+        # 2. reference features, once: they also give the predicted flat-garment mask (TFQ_0)
+        with self._encoders_on_device():
+            feats = self.model.encode_reference(reference, cat_idx, with_srm=True)
+        probs = self._mask_probs(feats.srm.tfq0_logits[-1], canvas)  # (B, 1, H, W)
+
+        # 3. the region to generate on the white canvas
         if mask is not None:
             region = as_mask_batch(mask, "mask", canvas, b)
             empty = region.flatten(1).amax(1) == 0
@@ -299,7 +317,6 @@ class TWGTMPipeline:
                                torch.nonzero(empty).flatten().tolist())
                 region[empty] = 1.0
         elif predicted_box or predicted_mask:
-            probs = self.predict_garment_mask(person, category, output_size=canvas)
             region = largest_component((probs > 0.5).float())
             if predicted_box:
                 region = mask_to_box(region, margin=box_margin)
@@ -308,17 +325,16 @@ class TWGTMPipeline:
             region = torch.ones(b, 1, *canvas)
         target = white_canvas(reference)
 
-        # 3. generate
-        out, probs = self._generate(target, reference, region.to(self.model.device), cat_idx, steps=steps,
-                                    guidance_scale=scale, generator=gen, scheduler=scheduler, strength=strength,
-                                    callback=callback, want_mask=True)
+        # 4. generate
+        out = self._generate(target, reference, region.to(self.model.device), cat_idx, steps=steps,
+                             guidance_scale=scale, eta=eta, generator=gen, scheduler=scheduler, strength=strength,
+                             callback=callback, feats=feats)
         out = ((out + 1.0) / 2.0).clamp(0, 1).cpu()
         if paste_back:  # exactly white outside the region
             out = out * region + (1.0 - region)
-        probs = F.interpolate(probs.cpu(), size=canvas, mode="bilinear", align_corners=False).clamp(0, 1)
         if output_size is not None:
             out = resize(out, tuple(output_size)).clamp(0, 1)
-            probs = resize(probs, tuple(output_size), mode="bilinear").clamp(0, 1)
+            probs = self._mask_probs(feats.srm.tfq0_logits[-1], tuple(output_size))  # as predict_garment_mask
         return TWGTMOutput(images=out, garment_mask=probs)
 
     @torch.no_grad()
@@ -336,6 +352,5 @@ class TWGTMPipeline:
         reference = self._to_model(person_c)
         with self._encoders_on_device():
             srm = self.model.srm(reference, self.model.sam(reference, cat_idx).f_qf)  # no Decoder needed
-        probs = torch.sigmoid(srm.tfq0_logits[-1].float()).cpu()
         size = tuple(output_size) if output_size is not None else (self.config.height, self.config.width)
-        return F.interpolate(probs, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+        return self._mask_probs(srm.tfq0_logits[-1], size)
