@@ -7,7 +7,6 @@ default (``paste_back=True``), so they are bit-identical to the input.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -15,42 +14,28 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from .config import canonical_category
+from .attention import model_output, precompute_srm_kv
+from .components import TWGTMComponents
+from .config import TWGTMConfig, canonical_category
 from .errors import ConfigError, InputError
 from .images import Placement, as_image_batch, as_mask_batch, broadcast_batch, fit_to_canvas, resize, restore_from_canvas
 from .latents import (LatentCondition, build_condition, concat_halves, largest_component, mask_to_box,
-                      target_half, unconditional, unet_input, white_canvas)
-from .model import ReferenceFeatures, TWGTMModel
+                      target_half, unconditional, unet_input, vae_decode, vae_encode, white_canvas)
+from .reference import ReferenceEncoder, ReferenceFeatures
+from .sam import SAMOutput
+from .schedulers import make_scheduler
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "ddpm": DDPMScheduler,
-}
-
 Callback = Callable[[int, int, torch.Tensor], None]
+Prepare = Callable[..., None]  # prepare(*component_names)
 
 
 @dataclass
 class TWGTMOutput:
     images: torch.Tensor                   # (B, 3, H, W) in [0, 1]
     garment_mask: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1], predicted flat-garment mask (try-off)
-
-
-def make_scheduler(name: str, config: dict):
-    """A fresh scheduler per call (no state shared between runs, so an interrupted run harms nothing)."""
-    key = name.lower().replace("dpmpp", "dpm++").replace("dpm_solver++", "dpm++")
-    if key not in SCHEDULERS:
-        raise InputError(f"scheduler: expected one of {sorted(SCHEDULERS)}, got {name!r}")
-    kwargs = dict(config)
-    if key == "dpm++":
-        kwargs.update(algorithm_type="dpmsolver++", solver_order=2)
-    return SCHEDULERS[key].from_config(kwargs)
 
 
 def _generator(generator) -> torch.Generator:
@@ -67,37 +52,54 @@ def _generator(generator) -> torch.Generator:
 
 
 class TWGTMPipeline:
-    """Try-on, try-off and garment-mask prediction with one :class:`TWGTMModel`."""
+    """Try-on, try-off and garment-mask prediction with TWGTM's components, as a diffusers pipeline.
 
-    def __init__(self, model: TWGTMModel, *, encoder_offload_device: str | torch.device | None = None):
-        """Args:
-            model: the TWGTM model (its device and dtype are used as they are).
-            encoder_offload_device: when set (e.g. "cpu"), the reference encoders (CLIP image encoder,
-                Q-Former, SRM, Decoder) are moved to the model's device only while the reference features
-                are computed, then parked here: their ~0.9 GiB (bf16, full size) is free during the
-                denoising loop and the decode. Outputs are unchanged.
-        """
-        self.model = model
-        self.config = model.config
-        self.encoder_offload_device = encoder_offload_device
+    Args:
+        unet: the UNet with TWGTM's attention processors (:mod:`twgtm.components`).
+        vae: the VAE.
+        reference_encoder: SAM + SRM (+ Decoder), or ``None`` for the CatVTON-class baseline: try-on with a
+            zero cross-attention context and no Extended Attention work (try-off and the garment mask need
+            the reference encoder).
+        config: the model configuration (canvas, latents, schedule, inference defaults).
+        prepare: called as ``prepare("reference_encoder")`` before the reference features are computed and
+            ``prepare("unet", "vae")`` before the latents, so a memory manager can put exactly those
+            components on their device first (ComfyUI's ``load_models_gpu``, or
+            :class:`twgtm.offload.ModelOffload`). The pipeline itself never moves a component: it reads each
+            component's device and dtype when it uses it.
+    """
 
-    def _encoders_to(self, device) -> None:
-        m = self.model
-        for part in (m.sam.clip_vision, m.sam.qformer, m.srm, m.decoder):
-            if part is not None:
-                part.to(device)
+    def __init__(self, unet, vae, reference_encoder: ReferenceEncoder | None, config: TWGTMConfig, *,
+                 prepare: Prepare | None = None):
+        self.unet = unet
+        self.vae = vae
+        self.reference_encoder = reference_encoder
+        self.config = config
+        self.prepare = prepare
 
-    @contextlib.contextmanager
-    def _encoders_on_device(self):
-        """The reference encoders sit on the model's device only inside this block (when offloading)."""
-        if self.encoder_offload_device is None:
-            yield
-            return
-        self._encoders_to(self.model.device)
-        try:
-            yield
-        finally:
-            self._encoders_to(self.encoder_offload_device)
+    @classmethod
+    def from_components(cls, components: TWGTMComponents, *, prepare: Prepare | None = None) -> "TWGTMPipeline":
+        return cls(components.unet, components.vae, components.reference_encoder, components.config, prepare=prepare)
+
+    def enable_model_cpu_offload(self, device: str | torch.device, offload_device: str | torch.device = "cpu") -> None:
+        """Keep every component on ``offload_device`` except the ones a phase needs (moved to ``device``):
+        the reference encoders are off the GPU during the denoising loop. Outputs are unchanged."""
+        from .offload import ModelOffload
+
+        self.prepare = ModelOffload(self.components(), device, offload_device)
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        parts = {"unet": self.unet, "vae": self.vae, "reference_encoder": self.reference_encoder}
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def _prepare(self, *names: str) -> None:
+        if self.prepare is not None:
+            self.prepare(*[n for n in names if n in self.components()])
+
+    def _need_reference_encoder(self, what: str) -> ReferenceEncoder:
+        if self.reference_encoder is None:
+            raise ConfigError(f"{what}: expected a pipeline with a reference encoder (SAM + SRM), got the baseline "
+                              "(reference_encoder=None), which can only do try-on")
+        return self.reference_encoder
 
     # ------------------------------------------------------------------ helpers
     def _categories(self, category: str | Sequence[str], batch: int) -> torch.Tensor:
@@ -110,7 +112,7 @@ class TWGTMPipeline:
             idx = [self.config.categories.index(canonical_category(c)) for c in cats]
         except (ConfigError, ValueError) as exc:
             raise InputError(f"category: expected one of {self.config.categories} (or an alias), got {category!r}") from exc
-        return torch.tensor(idx, dtype=torch.long, device=self.model.device)
+        return torch.tensor(idx, dtype=torch.long)
 
     def _check_options(self, steps: int, guidance_scale: float, strength: float, eta: float) -> None:
         max_steps = int(self.config.scheduler["num_train_timesteps"]) - int(self.config.scheduler.get("steps_offset", 0))
@@ -131,9 +133,23 @@ class TWGTMPipeline:
     def _canvas(self, x: torch.Tensor, fill: float, mode: str = "bicubic") -> tuple[torch.Tensor, Placement]:
         return fit_to_canvas(x, (self.config.height, self.config.width), fill, mode=mode)
 
-    def _to_model(self, x01: torch.Tensor) -> torch.Tensor:
-        """[0, 1] -> [-1, 1] on the model's device and dtype."""
-        return (x01 * 2.0 - 1.0).to(self.model.device, self.model.dtype)
+    @staticmethod
+    def _to_pixels(x01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> [-1, 1] (float32, on the CPU: each component call moves it to that component's device)."""
+        return x01.float() * 2.0 - 1.0
+
+    def reference_features(self, reference: torch.Tensor, cat_idx: torch.Tensor, *,
+                           with_srm: bool | None = None) -> ReferenceFeatures:
+        """The reference encoder on model-size pixels in [-1, 1]; ``prepare("reference_encoder")`` first."""
+        ref = self._need_reference_encoder("reference features")
+        self._prepare("reference_encoder")
+        return ref(reference.to(ref.device, ref.dtype), cat_idx.to(ref.device), with_srm=with_srm)
+
+    def _baseline_features(self, batch: int) -> ReferenceFeatures:
+        """The baseline's fixed cross-attention context: zeros of the F_SAM shape (B, 1 + N, D)."""
+        cfg = self.config
+        ctx = torch.zeros(batch, 1 + cfg.qformer.num_queries, cfg.cross_attention_dim)
+        return ReferenceFeatures(sam=SAMOutput(f_sam=ctx, f_qf=ctx[:, 1:], f_clip_g=ctx[:, :1]), srm=None, f_srm=None)
 
     # ------------------------------------------------------------------ the denoising loop
     @torch.no_grad()
@@ -141,29 +157,36 @@ class TWGTMPipeline:
                   steps: int, guidance_scale: float, eta: float, generator: torch.Generator, scheduler: str,
                   strength: float, callback: Callback | None,
                   feats: ReferenceFeatures | None = None) -> torch.Tensor:
-        """Model-size target/reference/region in [-1, 1] -> generated target half in [-1, 1].
+        """Model-size target/reference/region in [-1, 1] -> generated target half in [-1, 1] (CPU, float32).
 
         ``feats``: the reference features when the caller already computed them (try-off needs them for
-        its mask anyway); otherwise they are computed here.
+        its mask anyway); otherwise they are computed here (the baseline: a zero context).
         """
-        model, cfg = self.model, self.config
-        dev, dtype = model.device, model.dtype
+        cfg = self.config
         b = target.shape[0]
 
-        # 1. step-independent features: F_SAM, SRM, F_SRM, K'/V' (once per call, never per step)
+        # 1. step-independent features: F_SAM, SRM, F_SRM (once per call, never per step)
         if feats is None:
-            with self._encoders_on_device():
-                feats = model.encode_reference(reference, cat_idx, with_srm=model.stage == 2)
-        srm_kv = model.precompute_srm_kv(feats.f_srm) if feats.f_srm is not None else None  # UNet weights only
+            if self.reference_encoder is None:
+                feats = self._baseline_features(b)
+            else:
+                feats = self.reference_features(reference, cat_idx)
 
-        # 2. latent condition, encoding one image at a time
-        encode = lambda x: model.encode_images(x, chunk=1)  # noqa: E731
+        # 2. the UNet and VAE on their devices; K'/V' from F_SRM once per call (UNet weights only)
+        self._prepare("unet", "vae")
+        dev, dtype = self.unet.device, self.unet.dtype
+        srm_kv = precompute_srm_kv(self.unet, {k: v.to(dev) for k, v in feats.f_srm.items()}) \
+            if feats.f_srm is not None else None
+
+        # 3. latent condition, encoding one image at a time
+        encode = lambda x: vae_encode(self.vae, x, cfg, chunk=1).to(dev)  # noqa: E731
         e_ref = encode(reference)
-        cond = build_condition(target, reference, region, encode, concat_dim=cfg.concat_dim, encoded_reference=e_ref)
+        cond = build_condition(target.to(dev), reference.to(dev), region.to(dev), encode, concat_dim=cfg.concat_dim,
+                               encoded_reference=e_ref)
 
-        # 3. CFG batch [uncond, cond]: reference half of E(h_f), F_SAM and the SRM gate are 0 in uncond
+        # 4. CFG batch [uncond, cond]: reference half of E(h_f), F_SAM and the SRM gate are 0 in uncond
         do_cfg = guidance_scale > 1.0
-        f_sam = feats.sam.f_sam
+        f_sam = feats.sam.f_sam.to(dev, dtype)
         srm_rows, srm_gate = None, (1.0 if srm_kv is not None else None)  # K'/V': conditional rows only
         if do_cfg:
             unc = unconditional(cond, cfg.concat_dim)
@@ -171,7 +194,7 @@ class TWGTMPipeline:
             f_sam = torch.cat([torch.zeros_like(f_sam), f_sam])
             srm_rows = slice(b, 2 * b)  # the unconditional half gets no Extended-Attention work (gate 0)
 
-        # 4. timesteps and starting latents (the reference half is generated too)
+        # 5. timesteps and starting latents (the reference half is generated too)
         sched = make_scheduler(scheduler, cfg.scheduler)
         sched.set_timesteps(steps, device=dev)
         timesteps = sched.timesteps
@@ -191,23 +214,23 @@ class TWGTMPipeline:
         if "generator" in step_params:
             extra["generator"] = generator
 
-        # 5. denoising loop
+        # 6. denoising loop
         total = len(timesteps)
         for i, t in enumerate(timesteps):
             z_in = sched.scale_model_input(latents, t)
             if do_cfg:
                 z_in = torch.cat([z_in, z_in])
             x_in = unet_input(z_in.to(dtype), cond)
-            eps = model.predict_noise(x_in, t, f_sam, srm_kv=srm_kv, srm_gate=srm_gate, srm_rows=srm_rows).float()
+            out = model_output(self.unet, x_in, t, f_sam, srm_kv=srm_kv, srm_gate=srm_gate, srm_rows=srm_rows).float()
             if do_cfg:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
-            latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
+                out_u, out_c = out.chunk(2)
+                out = out_u + guidance_scale * (out_c - out_u)
+            latents = sched.step(out, t, latents, **extra, return_dict=False)[0]
             if callback is not None:
                 callback(i + 1, total, latents)
 
-        # 6. decode the generated half only, one image at a time
-        return model.decode_latents(target_half(latents, cfg.concat_dim), chunk=1).float()
+        # 7. decode the generated half only, one image at a time
+        return vae_decode(self.vae, target_half(latents, cfg.concat_dim), cfg, chunk=1).float().cpu()
 
     # ------------------------------------------------------------------ public operations
     @torch.no_grad()
@@ -253,10 +276,10 @@ class TWGTMPipeline:
         garment_c, _ = self._canvas(garment, 1.0)
 
         # 3. generate
-        out = self._generate(self._to_model(person_c), self._to_model(garment_c), mask_c.to(self.model.device),
-                             cat_idx, steps=steps, guidance_scale=scale, eta=eta, generator=gen, scheduler=scheduler,
-                             strength=strength, callback=callback)
-        out = ((out + 1.0) / 2.0).clamp(0, 1).cpu()
+        out = self._generate(self._to_pixels(person_c), self._to_pixels(garment_c), mask_c, cat_idx, steps=steps,
+                             guidance_scale=scale, eta=eta, generator=gen, scheduler=scheduler, strength=strength,
+                             callback=callback)
+        out = ((out + 1.0) / 2.0).clamp(0, 1)
 
         # 4. restore the input size and paste the unmasked pixels back
         out = restore_from_canvas(out, placement).clamp(0, 1)
@@ -295,17 +318,17 @@ class TWGTMPipeline:
                                   ("predicted_mask", predicted_mask)) if on]
         if len(chosen) > 1:
             raise InputError(f"mask/predicted_box/predicted_mask: expected at most one of them, got {chosen}")
+        self._need_reference_encoder("try_off")
         person = as_image_batch(person, "person")
         b = person.shape[0]
         canvas = (self.config.height, self.config.width)
         cat_idx = self._categories(category, b)
         gen = _generator(generator)
         person_c, _ = self._canvas(person, 1.0)
-        reference = self._to_model(person_c)
+        reference = self._to_pixels(person_c)
 
         # 2. reference features, once: they also give the predicted flat-garment mask (TFQ_0)
-        with self._encoders_on_device():
-            feats = self.model.encode_reference(reference, cat_idx, with_srm=True)
+        feats = self.reference_features(reference, cat_idx, with_srm=True)
         probs = self._mask_probs(feats.srm.tfq0_logits[-1], canvas)  # (B, 1, H, W)
 
         # 3. the region to generate on the white canvas
@@ -326,10 +349,9 @@ class TWGTMPipeline:
         target = white_canvas(reference)
 
         # 4. generate
-        out = self._generate(target, reference, region.to(self.model.device), cat_idx, steps=steps,
-                             guidance_scale=scale, eta=eta, generator=gen, scheduler=scheduler, strength=strength,
-                             callback=callback, feats=feats)
-        out = ((out + 1.0) / 2.0).clamp(0, 1).cpu()
+        out = self._generate(target, reference, region, cat_idx, steps=steps, guidance_scale=scale, eta=eta,
+                             generator=gen, scheduler=scheduler, strength=strength, callback=callback, feats=feats)
+        out = ((out + 1.0) / 2.0).clamp(0, 1)
         if paste_back:  # exactly white outside the region
             out = out * region + (1.0 - region)
         if output_size is not None:
@@ -345,12 +367,12 @@ class TWGTMPipeline:
         The mask is in the flat-garment (catalogue canvas) frame, (B, 1, H, W) at ``output_size``
         (default: the model canvas size). No diffusion steps are run.
         """
+        ref = self._need_reference_encoder("predict_garment_mask")
         person = as_image_batch(person, "person")
         b = person.shape[0]
         cat_idx = self._categories(category, b)
         person_c, _ = self._canvas(person, 1.0)
-        reference = self._to_model(person_c)
-        with self._encoders_on_device():
-            srm = self.model.srm(reference, self.model.sam(reference, cat_idx).f_qf)  # no Decoder needed
+        self._prepare("reference_encoder")
+        logits = ref.garment_mask_logits(self._to_pixels(person_c).to(ref.device, ref.dtype), cat_idx.to(ref.device))
         size = tuple(output_size) if output_size is not None else (self.config.height, self.config.width)
-        return self._mask_probs(srm.tfq0_logits[-1], size)
+        return self._mask_probs(logits, size)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import TWGTMConfig
 from .errors import ConfigError, MissingFileError, WeightsError
-from .model import TWGTMModel
+from .components import TWGTMComponents
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +36,23 @@ _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 # ----------------------------------------------------------------------------- TWGTM files
-def save_twgtm(model: TWGTMModel, path: str | os.PathLike, *, include_base: bool = False,
+def save_twgtm(components: TWGTMComponents, path: str | os.PathLike, *, include_base: bool = False,
                extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` to one ``.safetensors`` file with its config in the metadata."""
+    """Write ``components`` to one ``.safetensors`` file with its config (and so its stage) in the metadata."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"path: expected a file name ending in .safetensors, got {str(path)!r}")
-    if not model.sam.prompts.is_built:
+    ref = components.reference_encoder
+    if ref is None:
+        raise WeightsError("components: expected a TWGTM model with a reference encoder, got the baseline "
+                           "(reference_encoder=None)")
+    if not ref.sam.prompts.is_built:
         raise WeightsError("model: expected the category prompts to be built before saving "
-                           "(call model.sam.prompts.build(text_encoder, tokenizer)), got unbuilt prompts")
-    state = model.state_dict() if include_base else model.trained_state_dict()
+                           "(call reference_encoder.sam.prompts.build(text_encoder, tokenizer)), got unbuilt prompts")
+    state = components.state_dict(include_base=include_base)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json(),
-            "stage": str(model.stage), "includes_base": "1" if include_base else "0"}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": components.config.to_json(),
+            "includes_base": "1" if include_base else "0"}
     meta.update(extra_metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -108,8 +112,8 @@ class BaseSources:
     swin: str | None = None
 
 
-def _check_state(model: TWGTMModel, state: dict[str, torch.Tensor], expected: set[str], where: str) -> None:
-    own = model.state_dict()
+def _check_state(components: TWGTMComponents, state: dict[str, torch.Tensor], expected: set[str], where: str) -> None:
+    own = components.state_dict()
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state if k in own and state[k].shape != own[k].shape]
@@ -126,52 +130,57 @@ def _check_state(model: TWGTMModel, state: dict[str, torch.Tensor], expected: se
 
 
 def load_twgtm(path: str | os.PathLike, *, base: BaseSources | None = None, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> TWGTMModel:
-    """Load a TWGTM ``.safetensors`` file into a ready :class:`TWGTMModel` (eval mode).
+               dtype: torch.dtype = torch.float32) -> TWGTMComponents:
+    """Load a TWGTM ``.safetensors`` file into ready :class:`TWGTMComponents` (eval mode).
 
     A file saved with ``include_base=True`` needs no ``base``; otherwise ``base`` must name the UNet,
-    VAE and CLIP image encoder sources.
+    VAE and CLIP image encoder sources. The stage is the one in the file's config.
     """
     path = Path(path)
     meta = read_metadata(path)
     cfg = read_config(path)
-    cfg.stage = int(meta.get("stage", cfg.stage))
+    if "stage" in meta and meta["stage"] != str(cfg.stage):  # files of format 1 also wrote it here
+        raise WeightsError(f"TWGTM weights {path.name!r}: metadata 'stage' says {meta['stage']!r}, its config "
+                           f"says {cfg.stage}")
     state = load_file(str(path))
     if meta.get("includes_base") == "1":
         with torch.device("meta"):
-            model = TWGTMModel(cfg)
-        _check_state(model, state, set(model.state_dict()), f"TWGTM weights {path.name!r}")
+            components = TWGTMComponents.build(cfg)
+        _check_state(components, state, set(components.state_dict()), f"TWGTM weights {path.name!r}")
         # fresh (aligned) storage per tensor: views into the file buffer can change SIMD summation order
-        model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
-        _materialize_non_persistent(model)
+        components.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
+        _materialize_non_persistent(components)
     else:
         base = base or BaseSources()
         absent = [n for n in ("unet", "vae", "clip_vision") if getattr(base, n) is None]
         if absent:
             raise MissingFileError(f"base components: {path.name!r} holds only the trained parts; expected "
                                    f"sources for {absent} (SD1.5-inpainting UNet and VAE, CLIP ViT-L/14 image encoder)")
-        model = TWGTMModel(cfg, unet=load_unet(base.unet, cfg), vae=load_vae(base.vae, cfg),
-                           clip_vision=load_clip_vision(base.clip_vision, cfg))
-        _check_state(model, state, set(model.trained_state_dict()), f"TWGTM weights {path.name!r}")
-        model.load_state_dict(state, strict=False)
-    if not model.sam.prompts.is_built:
+        components = TWGTMComponents.build(cfg, unet=load_unet(base.unet, cfg), vae=load_vae(base.vae, cfg),
+                                           clip_vision=load_clip_vision(base.clip_vision, cfg))
+        _check_state(components, state, set(components.trained_state_dict()), f"TWGTM weights {path.name!r}")
+        components.load_state_dict(state, strict=False)
+    if not components.reference_encoder.sam.prompts.is_built:
         raise WeightsError(f"TWGTM weights {path.name!r}: expected built category prompts, got none")
-    return model.to(device=device, dtype=dtype).eval()
+    return components.to(device=device, dtype=dtype).eval()
 
 
-def _materialize_non_persistent(model: TWGTMModel) -> None:
+def _materialize_non_persistent(components: TWGTMComponents) -> None:
     """Buffers that no state dict holds (CLIP position ids, Swin relative-position indices) are still on
     the meta device after ``load_state_dict(assign=True)``: recompute them on the CPU."""
-    for module in model.modules():
-        for name, buf in list(module._buffers.items()):
-            if buf is not None and buf.is_meta and name == "position_ids":
-                module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
-    for module in model.srm.swin.modules():
+    ref = components.reference_encoder
+    for part in components.modules().values():
+        for module in part.modules():
+            for name, buf in list(module._buffers.items()):
+                if buf is not None and buf.is_meta and name == "position_ids":
+                    module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+    for module in ref.srm.swin.modules():
         for name, buf in list(module._buffers.items()):
             if buf is not None and buf.is_meta:
                 module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype)
-    model.srm.init_non_persistent_buffers()
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    ref.srm.init_non_persistent_buffers()
+    left = [n for part in components.modules().values()
+            for n, t in list(part.named_parameters()) + list(part.named_buffers()) if t.is_meta]
     if left:
         raise WeightsError(f"TWGTM weights: expected every tensor to be materialised, got meta tensors {left[:5]}")
 
@@ -301,36 +310,37 @@ def load_text_encoder(source: str, tokenizer_source: str | None = None):
             CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True))
 
 
-def load_swin_weights(model: TWGTMModel, source: str) -> None:
+def load_swin_weights(components: TWGTMComponents, source: str) -> None:
     """Initialise the SRM's Swin from a timm weight file (e.g. swin_base_patch4_window12_384 .safetensors)."""
     import timm
 
-    p = _require(source, "Swin weights", "a timm .safetensors/.pth/.bin file of " + model.config.swin.model_name)
-    cfg = model.config
+    cfg = components.config
+    p = _require(source, "Swin weights", "a timm .safetensors/.pth/.bin file of " + cfg.swin.model_name)
     ref = timm.create_model(cfg.swin.model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(p)),
                             features_only=True, out_indices=cfg.swin.out_indices,
                             img_size=(cfg.height, cfg.width), **cfg.swin.kwargs)
-    missing, unexpected = model.srm.swin.load_state_dict(ref.state_dict(), strict=False)
+    missing, unexpected = components.reference_encoder.srm.swin.load_state_dict(ref.state_dict(), strict=False)
     if missing or unexpected:
         raise WeightsError(f"Swin weights {p.name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMModel:
+def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMComponents:
     """A fresh (untrained TWGTM parts) model on pretrained base components: the paper recipe's start."""
     missing = [n for n in ("unet", "vae", "clip_vision", "text_encoder") if getattr(sources, n) is None]
     if missing:
         raise MissingFileError(f"base components: expected sources for {missing}")
     te, tok = load_text_encoder(sources.text_encoder, sources.tokenizer)
-    model = TWGTMModel(cfg, unet=load_unet(sources.unet, cfg), vae=load_vae(sources.vae, cfg),
-                       clip_vision=load_clip_vision(sources.clip_vision, cfg), text_encoder=te, tokenizer=tok)
+    components = TWGTMComponents.build(cfg, unet=load_unet(sources.unet, cfg), vae=load_vae(sources.vae, cfg),
+                                       clip_vision=load_clip_vision(sources.clip_vision, cfg), text_encoder=te,
+                                       tokenizer=tok)
     if sources.swin:
-        load_swin_weights(model, sources.swin)
-    return model
+        load_swin_weights(components, sources.swin)
+    return components
 
 
 def describe(path: str | os.PathLike) -> dict:
     """Metadata summary of a TWGTM file, for the UI and logs."""
     meta = read_metadata(path)
     cfg = json.loads(meta["config"])
-    return {"stage": meta.get("stage"), "includes_base": meta.get("includes_base") == "1",
+    return {"stage": cfg.get("stage"), "includes_base": meta.get("includes_base") == "1",
             "height": cfg.get("height"), "width": cfg.get("width")}
