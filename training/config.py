@@ -119,6 +119,7 @@ class StageConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0                 # max gradient norm (0: off)
     vtoff_prob: float = 0.5                # share of try-off samples in every batch
+    region_reference_height: int = 1024    # stage 2: the region sampler's kernel sizes are given at this height
     checkpoint_every: int = 1000           # optimiser steps between resumable checkpoints
     keep_checkpoints: int = 2              # older ones are deleted
     log_every: int = 10                    # steps between CSV rows

@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from twgtm.errors import ConfigError
-from twgtm.model import TWGTMModel
+from twgtm.components import TWGTMComponents
 from twgtm.weights import BaseSources, load_twgtm
 
 from .report import _unit, run_model
@@ -112,7 +112,7 @@ def _save_images(images: torch.Tensor, ids: Sequence[str], folder: Path) -> None
         Image.fromarray(arr).save(folder / f"{name}.png")
 
 
-def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocols: Sequence[str] = PROTOCOLS,
+def evaluate(model: TWGTMComponents, data_root: str, out_dir: str | Path, *, protocols: Sequence[str] = PROTOCOLS,
              opts: Optional[EvalOptions] = None) -> dict[str, Any]:
     """Run the protocols on ``data_root``'s test split; write JSON and Markdown into ``out_dir``."""
     from .metrics import VTOFF, compute_metrics, write_report

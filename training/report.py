@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from twgtm.images import fit_to_canvas
 from twgtm.latents import mask_to_box
-from twgtm.model import TWGTMModel
+from twgtm.components import TWGTMComponents
 from twgtm.pipeline import TWGTMPipeline
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_grid(model: TWGTMModel, items: dict, path: str | Path, *, steps: int = 10, seed: int = 0,
+def sample_grid(model: TWGTMComponents, items: dict, path: str | Path, *, steps: int = 10, seed: int = 0,
                 guidance_scale: Optional[float] = None, eta: Optional[float] = None,
                 tryoff_region: str = "full") -> Path:
     """Try-on and try-off of a batch of dataset items (as collated) -> PNG grid.
@@ -170,7 +170,7 @@ def region_ssim(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> flo
 
 # ---------------------------------------------------------------------------------------------- model outputs
 @torch.no_grad()
-def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, mask: torch.Tensor,
+def run_model(model: TWGTMComponents, person: torch.Tensor, garment: torch.Tensor, mask: torch.Tensor,
               categories: list[str], *, steps: int, guidance_scale: float, seed: int, scheduler: str = "ddim",
               eta: Optional[float] = None, batch_size: int = 16, tryoff_region: str = "full",
               garment_mask: Optional[torch.Tensor] = None,
@@ -186,7 +186,7 @@ def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, ma
     pred / ``"pred_mask"``). With a region the canvas stays white outside it (the pipeline's paste-back,
     as try-on pastes the person back outside its mask).
     """
-    pipe = TWGTMPipeline(model)
+    pipe = TWGTMPipeline.from_components(model)
     out: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
     canvas = tuple(garment.shape[-2:])
     for i in range(0, len(person), batch_size):
@@ -271,7 +271,7 @@ def _task_metrics(task: str, pred: torch.Tensor, gt: torch.Tensor, region: Optio
     return values, dict(res.skipped)
 
 
-def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Optional[dict] = None,
+def baseline_report(model: TWGTMComponents, run, out_dir: str | Path, *, timings: Optional[dict] = None,
                     eval_root: Optional[str] = None) -> dict:
     """Evaluate ``model`` and the baselines on the held-out synthetic pairs; write report.json/.md and grid.png.
 

@@ -6,8 +6,8 @@ One command runs on one CPU, one GPU, or many GPUs and nodes (``accelerate launc
   with ``L_diff + lambda * L_mask``; **stage 2** starts from stage 1's weights, creates the Decoder and
   the Extended Attention processors (ZLL zero-initialised, so the model starts equal to stage 1) and
   trains with ``L_diff``. Both tasks are mixed in every batch and the classifier-free-guidance drop is
-  applied per sample; all of that is :meth:`twgtm.model.TWGTMModel.compute_loss` /
-  ``parameter_groups`` / ``enable_stage2``, which this module only drives.
+  applied per sample; the objective and the trainable sets are :mod:`training.objective`, and the
+  stage change is :meth:`twgtm.components.TWGTMComponents.enable_stage2`; this module drives them.
 * **Exact resume.** A checkpoint (``<stage dir>/checkpoints/step-NNNNNN/``) holds accelerate's state
   (model, optimiser, grad scaler, RNG states) plus ``trainer_state.json`` (step, LR schedule, data
   position), written last so a half-written checkpoint is never picked. Every random draw of a training
@@ -40,10 +40,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from twgtm.config import TWGTMConfig
 from twgtm.errors import ConfigError, MissingFileError, WeightsError
-from twgtm.model import TWGTMModel
+from twgtm.components import TWGTMComponents
 from twgtm.weights import BaseSources, build_from_sources, load_twgtm, save_twgtm
 
 from .config import RunConfig, StageConfig
+from .objective import TrainingObjective, spec_parameter_groups
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def _base_sources(run: RunConfig) -> BaseSources:
                        swin=run.resolve(w.swin))
 
 
-def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMModel:
+def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMComponents:
     """Stage 1's starting point: pretrained base components (paper recipe) or a seeded random toy model."""
     torch.manual_seed(_seed_from("init", run.seed) & 0xFFFFFFFF)
     vae = None
@@ -242,11 +243,11 @@ def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMModel:
         vae, _, _ = load_stage0_vae(run)
     w = run.weights
     if w.random_base:
-        model = TWGTMModel(cfg, vae=vae, random_prompts=True)
+        model = TWGTMComponents.build(cfg, vae=vae, random_prompts=True)
     else:
         model = build_from_sources(cfg, _base_sources(run))
         if vae is not None:
-            model.vae = vae
+            model.vae = vae.requires_grad_(False).eval()
     if w.catvton_attention:
         load_catvton_attention(model.unet, run.resolve(w.catvton_attention))
     return model
@@ -323,14 +324,13 @@ def stage_model_path(run: RunConfig, stage: int) -> Path:
     return stage_dir(run, stage) / "model.safetensors"
 
 
-def load_stage_model(run: RunConfig, path: Path, device="cpu") -> TWGTMModel:
-    """A stage's saved weights (``model.safetensors``) as a trainable model."""
+def load_stage_model(run: RunConfig, path: Path, device="cpu") -> TWGTMComponents:
+    """A stage's saved weights (``model.safetensors``) as components."""
     base = None if run.export.include_base else _base_sources(run)
-    model = load_twgtm(path, base=base, device=device)
-    return model.train()
+    return load_twgtm(path, base=base, device=device)
 
 
-def build_stage_model(run: RunConfig, stage: int) -> TWGTMModel:
+def build_stage_model(run: RunConfig, stage: int) -> TWGTMComponents:
     if stage == 1:
         return build_stage1_model(run, model_config(run, 1))
     src = stage_model_path(run, 1)
@@ -343,24 +343,10 @@ def build_stage_model(run: RunConfig, stage: int) -> TWGTMModel:
     return model
 
 
-class TrainingObjective(nn.Module):
-    """``compute_loss`` as a forward, so DDP/accelerate see one call per micro-batch."""
-
-    def __init__(self, model: TWGTMModel, noise_scheduler: DDPMScheduler, vtoff_prob: float = 0.5):
-        super().__init__()
-        self.model = model
-        self.noise_scheduler = noise_scheduler
-        self.vtoff_prob = vtoff_prob
-
-    def forward(self, batch: dict, seed: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        return self.model.compute_loss(batch, self.noise_scheduler, generator=g, vtoff_prob=self.vtoff_prob)
-
-
-def parameter_groups(model: TWGTMModel, s: StageConfig) -> list[dict]:
-    """The spec's trainable sets (``model.parameter_groups``), plus the UNet base when ``lr_unet_base``
-    is set (toy preset only: its UNet is random, there is no pretrained base to keep frozen)."""
-    groups = model.parameter_groups(lr_unet=s.lr_unet, lr_new=s.lr_new, lr_swin=s.lr_swin)
+def parameter_groups(model: TWGTMComponents, s: StageConfig) -> list[dict]:
+    """The spec's trainable sets (:func:`training.objective.spec_parameter_groups`), plus the UNet base when
+    ``lr_unet_base`` is set (toy preset only: its UNet is random, there is no pretrained base to keep frozen)."""
+    groups = spec_parameter_groups(model, lr_unet=s.lr_unet, lr_new=s.lr_new, lr_swin=s.lr_swin)
     if s.lr_unet_base is not None:
         taken = {id(p) for g in groups for p in g["params"]}
         base = [p for p in model.unet.parameters() if id(p) not in taken]
@@ -529,18 +515,18 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
 
     # 1. model, objective, optimiser, schedule
     model = build_stage_model(run, stage)
-    model.train()
     if run.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-        model.srm.enable_gradient_checkpointing(True)
+        model.reference_encoder.srm.enable_gradient_checkpointing(True)
     groups = parameter_groups(model, s)
     group_names = [g["name"] for g in groups]
     optimizer = torch.optim.AdamW(groups, betas=tuple(s.betas), weight_decay=s.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(s.warmup_steps))
     noise_scheduler = DDPMScheduler.from_config(model.config.scheduler)
-    objective = TrainingObjective(model, noise_scheduler, s.vtoff_prob)
+    objective = TrainingObjective(model, noise_scheduler, vtoff_prob=s.vtoff_prob,
+                                  region_reference_height=s.region_reference_height).train()
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    raw_model: TWGTMModel = accelerator.unwrap_model(objective).model
+    raw_model: TWGTMComponents = accelerator.unwrap_model(objective).components
     trainable = [p for g in groups for p in g["params"]]
     ema = EMA(trainable, s.ema_decay) if s.ema_decay else None
     logger.info("stage %d: %s trainable parameters in groups %s", stage,
@@ -624,7 +610,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
         if sample_items is not None and (step % s.sample_every == 0 or step == total):
             if ema is not None:
                 ema.swap()
-            _write_samples(raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run)
+            _write_samples(objective, raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run)
             if ema is not None:
                 ema.swap()
         if step % s.checkpoint_every == 0 or step == total or step == stop_after:
@@ -668,16 +654,17 @@ def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[
     return default_collate([ds[i] for i in range(n)])  # a FlipDataset reads a plain index unflipped
 
 
-def _write_samples(model: TWGTMModel, items: dict, path: Path, s: StageConfig, run: RunConfig) -> None:
+def _write_samples(objective: nn.Module, model: TWGTMComponents, items: dict, path: Path, s: StageConfig,
+                   run: RunConfig) -> None:
     from .report import sample_grid
 
-    was_training = model.training
-    model.eval()
+    was_training = objective.training
+    objective.eval()
     try:
         sample_grid(model, items, path, steps=s.sample_steps, seed=run.eval.seed,
                     guidance_scale=run.eval.guidance_scale, eta=run.eval.eta, tryoff_region=run.eval.tryoff_region)
     finally:
-        model.train(was_training)
+        objective.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------- export
