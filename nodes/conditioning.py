@@ -64,7 +64,7 @@ class TWGTMTryOffConditioning(io.ComfyNode):
             inputs=[
                 io.Image.Input("person", tooltip="Dressed person photo(s); a batch gives one garment per person."),
                 Combo("category", options=CATEGORY_OPTIONS, default="upper",
-                               tooltip=CATEGORY_TOOLTIP + " Selects which garment is taken off."),
+                      tooltip=CATEGORY_TOOLTIP + " Selects which garment is taken off."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Optional region of the garment on the output canvas (a rectangle, or a "
                                       "garment silhouette such as TWGTM Garment Mask -> TWGTM Mask to Box); it "

@@ -229,20 +229,20 @@ class TWGTMModelLoader(io.ComfyNode):
                         "ComfyUI's model management moves it to the GPU and offloads it.",
             inputs=[
                 Combo("twgtm_file", options=files,
-                               default=EXAMPLE_CHECKPOINT if EXAMPLE_CHECKPOINT in files else None,
-                               tooltip="TWGTM .safetensors file in models/twgtm/."),
+                      default=EXAMPLE_CHECKPOINT if EXAMPLE_CHECKPOINT in files else None,
+                      tooltip="TWGTM .safetensors file in models/twgtm/."),
                 Combo("base_model", options=base_model_options(), default=BUNDLED,
-                               tooltip="SD1.5-inpainting UNet and VAE: a checkpoint in models/checkpoints/ or a "
-                                       "diffusers folder in models/diffusers/. Only for TWGTM files that hold the "
-                                       "trained parts alone; ignored for files that bundle them."),
+                      tooltip="SD1.5-inpainting UNet and VAE: a checkpoint in models/checkpoints/ or a "
+                              "diffusers folder in models/diffusers/. Only for TWGTM files that hold the "
+                              "trained parts alone; ignored for files that bundle them."),
                 Combo("vae", options=vae_options(), default=NO_VAE,
-                               tooltip="Optional VAE from models/vae/ that replaces the base model's VAE. "
-                                       "(none): use the VAE of base_model. Ignored for files that bundle it."),
+                      tooltip="Optional VAE from models/vae/ that replaces the base model's VAE. "
+                              "(none): use the VAE of base_model. Ignored for files that bundle it."),
                 Combo("clip_vision", options=clip_vision_options(), default=BUNDLED,
-                               tooltip="CLIP ViT-L/14 image encoder from models/clip_vision/. Only for TWGTM files "
-                                       "that hold the trained parts alone; ignored for files that bundle it."),
+                      tooltip="CLIP ViT-L/14 image encoder from models/clip_vision/. Only for TWGTM files "
+                              "that hold the trained parts alone; ignored for files that bundle it."),
                 Combo("dtype", options=list(DTYPES), default="auto",
-                               tooltip="Weight precision. auto: bf16 or fp16 where the GPU supports it, else fp32."),
+                      tooltip="Weight precision. auto: bf16 or fp16 where the GPU supports it, else fp32."),
             ],
             outputs=[TWGTMModelWire.Output(display_name="model", tooltip="The loaded TWGTM model.")],
         )

@@ -88,8 +88,8 @@ class TWGTMSampler(io.ComfyNode):
                                tooltip="Classifier-free guidance scale; 1 disables guidance (twice as fast), "
                                        "2 to 3 are typical."),
                 Combo("scheduler", options=SCHEDULERS, default="ddim",
-                               tooltip="Sampler: ddim (the paper's, eta 1), dpm++ (2M, good at fewer steps), "
-                                       "euler or ddpm."),
+                      tooltip="Sampler: ddim (the paper's, eta 1), dpm++ (2M, good at fewer steps), "
+                              "euler or ddpm."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="1 starts from pure noise; lower values keep more of the input inside "
                                        "the region (the person for try-on, the white canvas for try-off)."),
