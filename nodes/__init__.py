@@ -2,11 +2,17 @@
 
 Each node is a thin adapter over the ``twgtm`` library of this pack (imported relatively: ComfyUI loads
 the pack by file path, and ``nodes`` is also the name of ComfyUI's own core module).
+
+If the pack's Python requirements are missing, importing logs one warning with the install command; the
+nodes are still listed, and those that need the requirements say the same when validated or run.
 """
+from . import requirements
 from .conditioning import TWGTMTryOffConditioning, TWGTMTryOnConditioning
 from .loader import TWGTMModelLoader
 from .masks import TWGTMGarmentMask, TWGTMMaskToBox
 from .sampler import TWGTMSampler
+
+requirements.warn_if_missing()
 
 NODE_CLASS_MAPPINGS = {
     "TWGTMModelLoader": TWGTMModelLoader,

@@ -18,8 +18,9 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..twgtm.errors import InputError, MissingFileError
-from .common import NODE_CATEGORY, TWGTMModelWire
+from ..twgtm.errors import MissingFileError
+from . import requirements
+from .common import NODE_CATEGORY, Combo, TWGTMModelWire, check_option
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ def resolve_clip_vision(name: str) -> str | None:
 
 def resolve_dtype(name: str, load_device: torch.device) -> torch.dtype:
     """``auto``: bf16 where ComfyUI says the load device runs it well, else fp16 there, else fp32."""
-    if name not in DTYPES:
-        raise InputError(f"dtype: expected one of {list(DTYPES)}, got {name!r}")
+    check_option("dtype", name, list(DTYPES))
     if DTYPES[name] is not None:
         return DTYPES[name]
     if mm.should_use_bf16(load_device):
@@ -228,33 +228,36 @@ class TWGTMModelLoader(io.ComfyNode):
             description="Loads a TWGTM model (virtual try-on and try-off in one model) from models/twgtm/. "
                         "ComfyUI's model management moves it to the GPU and offloads it.",
             inputs=[
-                io.Combo.Input("twgtm_file", options=files,
-                               default=EXAMPLE_CHECKPOINT if EXAMPLE_CHECKPOINT in files else None,
-                               tooltip="TWGTM .safetensors file in models/twgtm/."),
-                io.Combo.Input("base_model", options=base_model_options(), default=BUNDLED,
-                               tooltip="SD1.5-inpainting UNet and VAE: a checkpoint in models/checkpoints/ or a "
-                                       "diffusers folder in models/diffusers/. Only for TWGTM files that hold the "
-                                       "trained parts alone; ignored for files that bundle them."),
-                io.Combo.Input("vae", options=vae_options(), default=NO_VAE,
-                               tooltip="Optional VAE from models/vae/ that replaces the base model's VAE. "
-                                       "(none): use the VAE of base_model. Ignored for files that bundle it."),
-                io.Combo.Input("clip_vision", options=clip_vision_options(), default=BUNDLED,
-                               tooltip="CLIP ViT-L/14 image encoder from models/clip_vision/. Only for TWGTM files "
-                                       "that hold the trained parts alone; ignored for files that bundle it."),
-                io.Combo.Input("dtype", options=list(DTYPES), default="auto",
-                               tooltip="Weight precision. auto: bf16 or fp16 where the GPU supports it, else fp32."),
+                Combo("twgtm_file", options=files,
+                      default=EXAMPLE_CHECKPOINT if EXAMPLE_CHECKPOINT in files else None,
+                      tooltip="TWGTM .safetensors file in models/twgtm/."),
+                Combo("base_model", options=base_model_options(), default=BUNDLED,
+                      tooltip="SD1.5-inpainting UNet and VAE: a checkpoint in models/checkpoints/ or a "
+                              "diffusers folder in models/diffusers/. Only for TWGTM files that hold the "
+                              "trained parts alone; ignored for files that bundle them."),
+                Combo("vae", options=vae_options(), default=NO_VAE,
+                      tooltip="Optional VAE from models/vae/ that replaces the base model's VAE. "
+                              "(none): use the VAE of base_model. Ignored for files that bundle it."),
+                Combo("clip_vision", options=clip_vision_options(), default=BUNDLED,
+                      tooltip="CLIP ViT-L/14 image encoder from models/clip_vision/. Only for TWGTM files "
+                              "that hold the trained parts alone; ignored for files that bundle it."),
+                Combo("dtype", options=list(DTYPES), default="auto",
+                      tooltip="Weight precision. auto: bf16 or fp16 where the GPU supports it, else fp32."),
             ],
             outputs=[TWGTMModelWire.Output(display_name="model", tooltip="The loaded TWGTM model.")],
         )
 
     @classmethod
-    def validate_inputs(cls, twgtm_file, base_model, vae, clip_vision):
-        """Before the run: say which folder a missing file belongs in (instead of 'value not in list')."""
+    def validate_inputs(cls, twgtm_file):
+        """Before the run: the requirements are installed, and a missing TWGTM file names its folder.
+
+        Only ``twgtm_file`` is an argument: ComfyUI files the returned message under every argument of
+        ``validate_inputs``. ComfyUI itself checks the other combos (:class:`Combo`), so a missing base
+        component or a wrong dtype is reported once, under its own input, as "Value not in list".
+        """
+        requirements.require("TWGTM Model Loader")
         try:
             resolve_twgtm_file(twgtm_file)
-            resolve_base_model(base_model)
-            resolve_vae(vae)
-            resolve_clip_vision(clip_vision)
         except MissingFileError as exc:
             return str(exc)
         return True
@@ -270,4 +273,5 @@ class TWGTMModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, twgtm_file, base_model, vae, clip_vision, dtype) -> io.NodeOutput:
+        requirements.require("TWGTM Model Loader")
         return io.NodeOutput(load_handle(twgtm_file, base_model, vae, clip_vision, dtype))

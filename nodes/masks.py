@@ -5,8 +5,9 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..twgtm.latents import largest_component, mask_to_box
-from .common import (CATEGORY_OPTIONS, CATEGORY_TOOLTIP, NODE_CATEGORY, TWGTMModelWire, b1hw_to_mask, check_category,
-                     image_to_bchw, mask_to_b1hw)
+from . import requirements
+from .common import (CATEGORY_OPTIONS, CATEGORY_TOOLTIP, NODE_CATEGORY, Combo, TWGTMModelWire, b1hw_to_mask,
+                     check_category, image_to_bchw, mask_to_b1hw)
 from .sampler import encoder_offload_device, prepare_model
 
 
@@ -22,7 +23,7 @@ class TWGTMGarmentMask(io.ComfyNode):
             inputs=[
                 TWGTMModelWire.Input("model", tooltip="From TWGTM Model Loader."),
                 io.Image.Input("person", tooltip="Dressed person photo(s)."),
-                io.Combo.Input("category", options=CATEGORY_OPTIONS, default="upper", tooltip=CATEGORY_TOOLTIP),
+                Combo("category", options=CATEGORY_OPTIONS, default="upper", tooltip=CATEGORY_TOOLTIP),
                 io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Pixels with probability above this become 1. 0 returns the probabilities."),
             ],
@@ -31,7 +32,14 @@ class TWGTMGarmentMask(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls) -> bool:
+        """Before the run: the pack's requirements are installed."""
+        requirements.require("TWGTM Garment Mask")
+        return True
+
+    @classmethod
     def execute(cls, model, person, category, threshold) -> io.NodeOutput:
+        requirements.require("TWGTM Garment Mask")
         from ..twgtm.pipeline import TWGTMPipeline
 
         person = image_to_bchw(person, "person")  # (B, C, H, W)

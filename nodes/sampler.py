@@ -13,8 +13,9 @@ import torch
 from comfy_api.latest import io
 
 from ..twgtm.errors import InputError
-from .common import (TRY_OFF, TRY_ON, NODE_CATEGORY, TWGTMConditioning, TWGTMConditioningWire, TWGTMModelWire,
-                     b1hw_to_mask, bchw_to_image)
+from . import requirements
+from .common import (TRY_OFF, TRY_ON, NODE_CATEGORY, Combo, TWGTMConditioning, TWGTMConditioningWire, TWGTMModelWire,
+                     b1hw_to_mask, bchw_to_image, check_option)
 
 # The names TWGTMPipeline accepts (twgtm.pipeline.SCHEDULERS); repeated here so that building the node
 # list does not import diffusers. tests/test_nodes.py checks that both lists agree.
@@ -86,9 +87,9 @@ class TWGTMSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=2.5, min=1.0, max=20.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale; 1 disables guidance (twice as fast), "
                                        "2 to 3 are typical."),
-                io.Combo.Input("scheduler", options=SCHEDULERS, default="ddim",
-                               tooltip="Sampler: ddim (the paper's, eta 1), dpm++ (2M, good at fewer steps), "
-                                       "euler or ddpm."),
+                Combo("scheduler", options=SCHEDULERS, default="ddim",
+                      tooltip="Sampler: ddim (the paper's, eta 1), dpm++ (2M, good at fewer steps), "
+                              "euler or ddpm."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="1 starts from pure noise; lower values keep more of the input inside "
                                        "the region (the person for try-on, the white canvas for try-off)."),
@@ -104,13 +105,19 @@ class TWGTMSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls) -> bool:
+        """Before the run: the pack's requirements are installed (combos and wires ComfyUI checks itself)."""
+        requirements.require("TWGTM Sampler")
+        return True
+
+    @classmethod
     def execute(cls, model, conditioning: TWGTMConditioning, seed: int, steps: int, cfg: float,
                 scheduler: str, denoise: float) -> io.NodeOutput:
+        requirements.require("TWGTM Sampler")
         from ..twgtm.images import as_mask_batch
         from ..twgtm.pipeline import TWGTMPipeline
 
-        if scheduler not in SCHEDULERS:
-            raise InputError(f"scheduler: expected one of {SCHEDULERS}, got {scheduler!r}")
+        check_option("scheduler", scheduler, SCHEDULERS)
         if not isinstance(conditioning, TWGTMConditioning):
             raise InputError("conditioning: expected the output of a TWGTM conditioning node, "
                              f"got {type(conditioning).__name__}")

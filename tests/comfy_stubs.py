@@ -11,9 +11,10 @@ which copy the behaviour the pack relies on from ComfyUI 0.3.64:
   one does, and ``load_models_gpu`` moves it to the load device;
 * the interrupt flag, ``ProgressBar`` with its global hook, and ``folder_paths``' folder registry.
 
-Also here: :func:`load_pack` imports the pack the way ComfyUI does (by file path, as a package), and
+Also here: :func:`load_pack` imports the pack the way ComfyUI does (by file path, as a package),
 :func:`validate_api_prompt` / :func:`validate_ui_workflow` / :func:`ui_to_api` check workflows against
-``/object_info``-format node definitions like ComfyUI's prompt validation and frontend do.
+``/object_info``-format node definitions like ComfyUI's prompt validation and frontend do, and
+:func:`comfy_node_errors` gives the errors ComfyUI 0.3.64 itself reports for a prompt (gaps included).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import contextlib
 import dataclasses
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 import sys
 import types
@@ -564,6 +566,76 @@ def validate_api_prompt(prompt: dict, info: dict[str, dict], files: set[str] = f
     return errors
 
 
+def _error(kind: str, message: str, details: str, input_name: str | None = None) -> dict:
+    return {"type": kind, "message": message, "details": details,
+            "extra_info": {} if input_name is None else {"input_name": input_name}}
+
+
+def comfy_node_errors(prompt: dict, classes: dict, core_info: dict[str, dict] | None = None) -> dict[str, list]:
+    """The ``node_errors`` ComfyUI 0.3.64's POST /prompt gives for ``prompt`` (``execution.validate_inputs``).
+
+    Unlike :func:`validate_api_prompt` (what a correct workflow must satisfy), this copies what ComfyUI
+    actually checks, gaps included: link types (``validate_node_input``); for the inputs that are *not*
+    arguments of the node's ``validate_inputs``, min/max and combo membership, but only for combos whose
+    type is their list of options (a V3 ``"COMBO"`` value is not checked); then ``validate_inputs`` itself,
+    called with those arguments (links as None), whose result when not True is filed once under *each* of
+    its arguments; an exception in it is one error of the node (it is always an inner node here).
+    ``classes`` maps class_type to the pack's node classes; ``core_info`` (default :data:`CORE_OBJECT_INFO`)
+    gives the outputs of core nodes.
+    """
+    core_info = CORE_OBJECT_INFO if core_info is None else core_info
+
+    def outputs(class_type):
+        if class_type in classes:
+            return classes[class_type].GET_NODE_INFO_V1()["output"]
+        return core_info[class_type]["output"]
+
+    node_errors: dict[str, list] = {}
+    for nid, node in prompt.items():
+        cls = classes.get(node["class_type"])
+        if cls is None:
+            continue
+        validate = getattr(cls, "validate_inputs", None)
+        args = inspect.getfullargspec(validate).args if validate is not None else []  # includes "cls"
+        inputs, errors = node["inputs"], []
+        for name, cat, typ, opts in _inputs(cls.GET_NODE_INFO_V1()):
+            if name not in inputs:
+                if cat == "required":
+                    errors.append(_error("required_input_missing", "Required input is missing", name, name))
+                continue
+            val = inputs[name]
+            if isinstance(val, list):
+                received = outputs(prompt[str(val[0])]["class_type"])[val[1]]
+                if "input_types" not in args and not _types_match(received, typ):
+                    errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
+                                         f"{name}, received_type({received}) mismatch input_type({typ})", name))
+                continue
+            if name in args:
+                continue
+            if "min" in opts and val < opts["min"]:
+                errors.append(_error("value_smaller_than_min", f"Value {val} smaller than min of {opts['min']}",
+                                     name, name))
+            elif "max" in opts and val > opts["max"]:
+                errors.append(_error("value_bigger_than_max", f"Value {val} bigger than max of {opts['max']}",
+                                     name, name))
+            elif isinstance(typ, list) and val not in typ:
+                errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {typ}", name))
+        if args:
+            call = {k: (None if isinstance(v, list) else v) for k, v in inputs.items() if k in args}
+            try:
+                result = validate(**call)
+            except Exception as ex:  # noqa: BLE001 - ComfyUI turns any exception into an error entry
+                errors.append(_error("exception_during_inner_validation", "Exception when validating inner node",
+                                     str(ex)))
+            else:
+                if result is not True:
+                    errors += [_error("custom_validation_failed", "Custom validation failed for node",
+                                      x if result is False else f"{x} - {result}", x) for x in call]
+        if errors:
+            node_errors[nid] = errors
+    return node_errors
+
+
 def _widget_slots(ni: dict):
     """The widgets_values layout of a node: (input name or None for an extra UI-only value, spec)."""
     for name, _cat, typ, opts in _inputs(ni):
@@ -684,8 +756,8 @@ def ui_to_api(wf: dict, info: dict[str, dict]) -> dict:
     return prompt
 
 
-# Core ComfyUI nodes the example workflows use: their /object_info entries in ComfyUI 0.3.64 (trimmed to
-# what the checks read). test_comfyui_live.py checks the workflows against the real server as well.
+# Core ComfyUI nodes the example workflows and the tests use: their /object_info entries in ComfyUI 0.3.64
+# (trimmed to what the checks read). test_comfyui_live.py checks the workflows against the real server as well.
 CORE_OBJECT_INFO: dict[str, dict] = {
     "LoadImage": {"input": {"required": {"image": [[], {"image_upload": True}]}},
                   "input_order": {"required": ["image"]}, "output": ["IMAGE", "MASK"], "output_node": False},
@@ -698,4 +770,9 @@ CORE_OBJECT_INFO: dict[str, dict] = {
                   "input_order": {"required": ["images", "filename_prefix"]}, "output": [], "output_node": True},
     "PreviewImage": {"input": {"required": {"images": ["IMAGE"]}}, "input_order": {"required": ["images"]},
                      "output": [], "output_node": True},
+    "PrimitiveString": {"input": {"required": {"value": ["STRING", {}]}}, "input_order": {"required": ["value"]},
+                        "output": ["STRING"], "output_node": False},
+    "JoinImageWithAlpha": {"input": {"required": {"image": ["IMAGE", {}], "alpha": ["MASK", {}]}},
+                           "input_order": {"required": ["image", "alpha"]}, "output": ["IMAGE"],
+                           "output_node": False},
 }

@@ -92,11 +92,11 @@ def _make_models(base: Path) -> None:
     from safetensors.torch import save_file
 
     from twgtm.config import TWGTMConfig
-    from twgtm.model import TWGTMModel
+    from twgtm.components import TWGTMComponents
     from twgtm.weights import save_twgtm
 
     torch.manual_seed(0)
-    save_twgtm(TWGTMModel(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / EXAMPLE_CHECKPOINT,
+    save_twgtm(TWGTMComponents.build(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / EXAMPLE_CHECKPOINT,
                include_base=True)
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 9, 3, 3)},
               str(base / "models" / "twgtm" / NOT_TWGTM))
@@ -266,3 +266,179 @@ def test_interrupt_stops_the_sampler_and_the_model_stays_usable(server):
     assert "execution_interrupted" in kinds and kinds["execution_interrupted"]["node_type"] == "TWGTMSampler"
     again = server.run(load("twgtm_try_on_api"))
     assert again["status"]["status_str"] == "success"
+
+
+# ----------------------------------------------------------------------------- validation before the run
+def _bad_prompts() -> dict[str, dict]:
+    """Try-on prompts with one mistake each (they must all be refused by POST /prompt)."""
+    cases = {}
+    for node_id, name, value in [("6", "category", "shirt"), ("7", "scheduler", "karras"), ("1", "dtype", "int8"),
+                                 ("1", "twgtm_file", "absent.safetensors"),
+                                 ("1", "base_model", "sd15_inpainting.safetensors"),
+                                 ("1", "vae", "vae-ft-mse.safetensors"), ("1", "clip_vision", "clip_l.safetensors")]:
+        prompt = copy.deepcopy(load("twgtm_try_on_api"))
+        prompt[node_id]["inputs"][name] = value
+        cases[f"{name}={value}"] = prompt
+    for source in ("string", "image"):
+        prompt = copy.deepcopy(load("twgtm_try_on_api"))
+        if source == "string":
+            prompt["9"] = {"class_type": "PrimitiveString", "inputs": {"value": "hello"}}
+            prompt["6"]["inputs"]["mask"] = ["9", 0]
+        else:
+            prompt["6"]["inputs"]["mask"] = ["2", 0]
+        cases[f"mask<-{source}"] = prompt
+    return cases
+
+
+def _summary(node_errors: dict) -> dict:
+    return {nid: [(e["type"], e["extra_info"].get("input_name"), e["details"]) for e in
+                  (v["errors"] if isinstance(v, dict) else v)] for nid, v in node_errors.items()}
+
+
+@pytest.mark.parametrize("node_id,name,value", [("6", "category", "shirt"), ("7", "scheduler", "karras"),
+                                                ("1", "dtype", "int8")])
+def test_a_combo_value_outside_its_list_is_refused_once_under_its_input(server, node_id, name, value):
+    """ComfyUI 0.3.64 does not check V3 "COMBO" values; the pack's combos are typed so that it does."""
+    status, resp = server.submit(_bad_prompts()[f"{name}={value}"])
+    assert status == 400, resp
+    assert set(resp["node_errors"]) == {node_id}
+    (error,) = resp["node_errors"][node_id]["errors"]
+    assert error["type"] == "value_not_in_list" and error["extra_info"]["input_name"] == name
+    assert repr(value) in error["details"]
+
+
+@pytest.mark.parametrize("name,value", [("twgtm_file", "absent.safetensors"),
+                                        ("base_model", "sd15_inpainting.safetensors"),
+                                        ("vae", "vae-ft-mse.safetensors"), ("clip_vision", "clip_l.safetensors")])
+def test_a_missing_model_file_is_reported_once_under_its_input(server, name, value):
+    status, resp = server.submit(_bad_prompts()[f"{name}={value}"])
+    assert status == 400, resp
+    assert set(resp["node_errors"]) == {"1"}
+    (error,) = resp["node_errors"]["1"]["errors"]
+    assert error["extra_info"]["input_name"] == name and value in error["details"]
+
+
+def test_a_string_wired_into_a_mask_input_is_refused(server):
+    """0.3.64 checks the link types of V3 inputs itself (return_type_mismatch), so the pack need not."""
+    status, resp = server.submit(_bad_prompts()["mask<-string"])
+    assert status == 400, resp
+    (error,) = resp["node_errors"]["6"]["errors"]
+    assert error["type"] == "return_type_mismatch" and error["extra_info"]["input_name"] == "mask"
+    assert "received_type(STRING)" in error["details"]
+
+
+def test_the_stubs_report_the_errors_of_the_real_server(server):
+    """tests/comfy_stubs.comfy_node_errors (used by test_nodes.py) gives exactly the real node_errors."""
+    with comfy_stubs.load_pack(server.base, name="twgtm_live_validation_probe") as pack:
+        for case, prompt in _bad_prompts().items():
+            status, resp = server.submit(prompt)
+            expected = comfy_stubs.comfy_node_errors(prompt, pack.NODE_CLASS_MAPPINGS)
+            assert _summary(resp["node_errors"]) == _summary(expected), case
+            assert status == 400, case
+
+
+# ----------------------------------------------------------------------------- transparent garments
+def test_a_transparent_garment_is_put_on_white(server):
+    """A garment PNG with alpha: LoadImage gives black where transparent. With its MASK wired into
+    garment_transparency (the shipped workflow), or joined back into a 4-channel IMAGE, the result equals
+    the run with the same garment drawn on white; unwired it differs."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.zeros((256, 192, 4), np.uint8)
+    rgba[40:220, 30:162] = (26, 51, 230, 255)  # a blue top, opaque; transparent (and black) around it
+    Image.fromarray(rgba, "RGBA").save(server.base / "input" / "garment_rgba.png")
+    on_white = np.full((256, 192, 3), 255, np.uint8)
+    on_white[40:220, 30:162] = (26, 51, 230)
+    Image.fromarray(on_white, "RGB").save(server.base / "input" / "garment_on_white.png")
+
+    def result(garment: str, how: str) -> np.ndarray:
+        prompt = copy.deepcopy(load("twgtm_try_on_api"))
+        prompt["7"]["inputs"]["steps"] = 2
+        prompt["3"]["inputs"]["image"] = garment
+        assert prompt["6"]["inputs"]["garment_transparency"] == ["3", 1]  # as shipped
+        if how != "wired":
+            del prompt["6"]["inputs"]["garment_transparency"]
+        if how == "joined":
+            prompt["10"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["3", 0], "alpha": ["3", 1]}}
+            prompt["6"]["inputs"]["garment"] = ["10", 0]
+        entry = server.run(prompt)
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[:3000]
+        (path,) = saved_files(server, entry)["8"]
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    reference = result("garment_on_white.png", "unwired")
+    assert np.array_equal(result("garment_rgba.png", "wired"), reference)
+    assert np.array_equal(result("garment_rgba.png", "joined"), reference)
+    assert not np.array_equal(result("garment_rgba.png", "unwired"), reference)
+
+
+# ----------------------------------------------------------------------------- missing requirements
+HIDE_REQUIREMENTS = """
+import runpy, sys
+class Hide:  # diffusers and timm are not installed (ComfyUI itself needs transformers)
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("diffusers", "timm"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Hide())
+sys.argv = ["main.py"] + sys.argv[1:]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def server_without_requirements(tmp_path_factory):
+    """A second server whose Python lacks diffusers and timm (hidden by an import hook)."""
+    base = tmp_path_factory.mktemp("comfyui_base_noreq")
+    for sub in ("custom_nodes", "input", "output", "temp", "user", "models/twgtm"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "custom_nodes" / PACK_LINK).symlink_to(comfy_stubs.PACK_ROOT, target_is_directory=True)
+    for png in INPUTS.glob("*.png"):
+        (base / "input" / png.name).write_bytes(png.read_bytes())
+    _make_models(base)
+    port, log = _free_port(), base / "server.log"
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    cmd = [python, "-c", HIDE_REQUIREMENTS, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--base-directory", str(base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"]
+    with open(log, "w") as logf:
+        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    srv = Server(base, f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, "ComfyUI exited during start-up:\n" + log.read_text()[-4000:]
+            try:
+                if srv.get("/system_stats")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "ComfyUI did not start:\n" + log.read_text()[-4000:]
+            time.sleep(0.5)
+        yield srv, python
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_missing_requirements_are_named_once_with_the_install_command(server_without_requirements):
+    srv, python = server_without_requirements
+    command = f"{python} -m pip install -r {srv.base / 'custom_nodes' / PACK_LINK / 'requirements.txt'}"
+    lines = [ln for ln in srv.log.read_text().splitlines() if command in ln]
+    assert len(lines) == 1 and "diffusers, timm" in lines[0], srv.log.read_text()[-4000:]
+    status, info = srv.get("/object_info")
+    assert status == 200 and {k for k in info if k.startswith("TWGTM")} == {
+        "TWGTMModelLoader", "TWGTMTryOnConditioning", "TWGTMTryOffConditioning", "TWGTMGarmentMask",
+        "TWGTMSampler", "TWGTMMaskToBox"}  # still listed
+    status, resp = srv.submit(load("twgtm_try_on_api"))  # refused before anything runs
+    assert status == 400, resp
+    for node_id in ("1", "7"):  # the loader and the sampler need the requirements
+        (error,) = resp["node_errors"][node_id]["errors"]
+        assert command in error["details"] and "diffusers" in error["details"], error

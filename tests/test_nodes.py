@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_stubs  # noqa: E402
 
 from twgtm.config import TWGTMConfig  # noqa: E402
-from twgtm.model import TWGTMModel  # noqa: E402
+from twgtm.components import TWGTMComponents  # noqa: E402
 from twgtm.weights import save_twgtm  # noqa: E402
 
 STEPS = 2
@@ -43,7 +46,7 @@ def pack(base):
 def tiny_file(pack, base) -> str:
     """The example checkpoint name, holding a seeded tiny model with its base components."""
     torch.manual_seed(0)
-    model = TWGTMModel(TWGTMConfig.tiny(), random_prompts=True)
+    model = TWGTMComponents.build(TWGTMConfig.tiny(), random_prompts=True)
     save_twgtm(model, base / "models" / "twgtm" / pack.nodes.loader.EXAMPLE_CHECKPOINT, include_base=True)
     return pack.nodes.loader.EXAMPLE_CHECKPOINT
 
@@ -169,28 +172,29 @@ def test_loader_bf16(pack, tiny_file):
 
 def test_loader_missing_file_names_the_folder(pack, base):
     loader = pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"]
-    msg = loader.validate_inputs(twgtm_file="absent.safetensors", base_model=pack.nodes.loader.BUNDLED,
-                                 vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED)
+    msg = loader.validate_inputs(twgtm_file="absent.safetensors")
     assert isinstance(msg, str) and str(base / "models" / "twgtm") in msg and "absent.safetensors" in msg
     errors = lib(pack, "errors")
     with pytest.raises(errors.MissingFileError, match="models.twgtm"):
         run(loader, twgtm_file="absent.safetensors", base_model=pack.nodes.loader.BUNDLED,
             vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED, dtype="auto")
-    msg = loader.validate_inputs(twgtm_file="absent.safetensors", base_model="sd15_inpainting.safetensors",
-                                 vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED)
-    assert "absent.safetensors" in msg  # the first missing file is reported
 
 
-def test_loader_missing_base_component_names_its_folder(pack, base, tiny_file):
+def test_loader_missing_base_component_names_its_folder_when_run(pack, base, tiny_file):
+    """Called from Python (no POST /prompt before it), a missing base component still names its folder."""
     loader = pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"]
-    msg = loader.validate_inputs(twgtm_file=tiny_file, base_model="sd15_inpainting.safetensors",
-                                 vae=pack.nodes.loader.NO_VAE, clip_vision="clip_l.safetensors")
-    assert str(base / "models" / "checkpoints") in msg
-    msg = loader.validate_inputs(twgtm_file=tiny_file, base_model=pack.nodes.loader.BUNDLED,
-                                 vae=pack.nodes.loader.NO_VAE, clip_vision="clip_l.safetensors")
-    assert str(base / "models" / "clip_vision") in msg
-    assert loader.validate_inputs(twgtm_file=tiny_file, base_model=pack.nodes.loader.BUNDLED,
-                                  vae=pack.nodes.loader.NO_VAE, clip_vision=pack.nodes.loader.BUNDLED) is True
+    missing = lib(pack, "errors").MissingFileError
+    opts = dict(twgtm_file=tiny_file, base_model=pack.nodes.loader.BUNDLED, vae=pack.nodes.loader.NO_VAE,
+                clip_vision=pack.nodes.loader.BUNDLED, dtype="fp32")
+    with pytest.raises(missing, match=f"base_model.*{base / 'models' / 'checkpoints'}"):
+        run(loader, **opts | {"base_model": "sd15_inpainting.safetensors"})
+    with pytest.raises(missing, match=f"clip_vision.*{base / 'models' / 'clip_vision'}"):
+        run(loader, **opts | {"clip_vision": "clip_l.safetensors"})
+    with pytest.raises(missing, match=f"vae.*{base / 'models' / 'vae'}"):
+        run(loader, **opts | {"vae": "vae.safetensors"})
+    with pytest.raises(lib(pack, "errors").InputError, match="dtype.*int8"):
+        run(loader, **opts | {"dtype": "int8"})
+    assert loader.validate_inputs(twgtm_file=tiny_file) is True
 
 
 def test_loader_rejects_a_checkpoint_that_is_not_twgtm(pack, base):
@@ -203,7 +207,7 @@ def test_loader_rejects_a_checkpoint_that_is_not_twgtm(pack, base):
 
 def test_trained_parts_only_file_asks_for_base_components(pack, base):
     torch.manual_seed(0)
-    save_twgtm(TWGTMModel(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / "parts.safetensors")
+    save_twgtm(TWGTMComponents.build(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / "parts.safetensors")
     loader = pack.nodes.loader
     with pytest.raises(lib(pack, "errors").MissingFileError) as exc:
         loader.load_handle("parts.safetensors", loader.BUNDLED, loader.NO_VAE, loader.BUNDLED, "fp32")
@@ -223,6 +227,169 @@ def test_loader_lists_files_of_the_model_folders(pack, base, tiny_file):
     assert "diffusers/sd15-inpainting" in info["base_model"][1]["options"]
     assert info["vae"][1]["options"] == [pack.nodes.loader.NO_VAE, "vae-ft-mse.safetensors"]
     assert info["dtype"][1]["options"] == ["auto", "bf16", "fp16", "fp32"]
+
+
+# ----------------------------------------------------------------------------- validation before the run
+def api_workflow(name: str) -> dict:
+    return json.loads((comfy_stubs.PACK_ROOT / "workflows" / f"{name}_api.json").read_text())
+
+
+def comfy_errors(pack, prompt: dict) -> dict:
+    """What ComfyUI 0.3.64's POST /prompt reports for ``prompt`` (tests/comfy_stubs.py copies its checks)."""
+    return comfy_stubs.comfy_node_errors(prompt, pack.NODE_CLASS_MAPPINGS)
+
+
+def one_error(errors: dict, node_id: str) -> dict:
+    assert set(errors) == {node_id}, errors
+    (error,) = errors[node_id]
+    return error
+
+
+@pytest.mark.parametrize("name", ["twgtm_try_on", "twgtm_try_off", "twgtm_round_trip"])
+def test_the_shipped_workflows_pass_comfyui_validation(pack, tiny_file, name):
+    assert comfy_errors(pack, api_workflow(name)) == {}
+
+
+@pytest.mark.parametrize("workflow,node_id,name,value", [
+    ("twgtm_try_on", "6", "category", "shirt"),      # Try-On Conditioning
+    ("twgtm_try_on", "7", "scheduler", "karras"),    # Sampler
+    ("twgtm_try_on", "1", "dtype", "int8"),          # Model Loader
+    ("twgtm_try_off", "5", "category", "hat"),       # Try-Off Conditioning
+    ("twgtm_try_off", "3", "category", "dresses"),   # Garment Mask
+])
+def test_a_combo_value_outside_its_list_is_rejected_once_under_its_input(pack, tiny_file, workflow, node_id, name,
+                                                                          value):
+    """ComfyUI 0.3.64 does not check V3 ("COMBO") values; the pack's combos are typed so that it does."""
+    prompt = api_workflow(workflow)
+    assert prompt[node_id]["inputs"][name] != value
+    prompt[node_id]["inputs"][name] = value
+    error = one_error(comfy_errors(pack, prompt), node_id)
+    assert error["type"] == "value_not_in_list" and error["extra_info"]["input_name"] == name
+    assert repr(value) in error["details"]
+
+
+@pytest.mark.parametrize("name,value,folder", [
+    ("twgtm_file", "absent.safetensors", "twgtm"),
+    ("base_model", "sd15_inpainting.safetensors", None),
+    ("vae", "vae-missing.safetensors", None),
+    ("clip_vision", "clip_l.safetensors", None),
+])
+def test_a_missing_model_file_is_reported_once_under_its_input(pack, base, tiny_file, name, value, folder):
+    prompt = api_workflow("twgtm_try_on")
+    prompt["1"]["inputs"][name] = value
+    error = one_error(comfy_errors(pack, prompt), "1")
+    assert error["extra_info"]["input_name"] == name and value in error["details"]
+    if folder:  # the TWGTM file: the message says where to put it
+        assert error["type"] == "custom_validation_failed" and str(base / "models" / folder) in error["details"]
+    else:       # base components: ComfyUI's own list check (the folder is in the tooltip and in the run error)
+        assert error["type"] == "value_not_in_list"
+
+
+@pytest.mark.parametrize("source", [{"class_type": "PrimitiveString", "inputs": {"value": "hello"}}, None])
+def test_a_wrong_wire_type_into_a_mask_input_is_rejected_by_comfyui(pack, tiny_file, source):
+    """ComfyUI 0.3.64 checks the link types of V3 inputs itself, as long as no validate_inputs of the pack
+    takes ``input_types`` (which would turn that check off)."""
+    prompt = api_workflow("twgtm_try_on")
+    if source is None:
+        prompt["6"]["inputs"]["mask"] = ["2", 0]  # LoadImage's IMAGE
+        received = "IMAGE"
+    else:
+        prompt["9"] = source
+        prompt["6"]["inputs"]["mask"] = ["9", 0]
+        received = "STRING"
+    error = one_error(comfy_errors(pack, prompt), "6")
+    assert error["type"] == "return_type_mismatch" and error["extra_info"]["input_name"] == "mask"
+    assert f"received_type({received})" in error["details"]
+    for cls in pack.NODE_CLASS_MAPPINGS.values():
+        validate = getattr(cls, "validate_inputs", None)
+        assert validate is None or "input_types" not in comfy_stubs.inspect.getfullargspec(validate).args
+
+
+def test_every_combo_input_is_checked_by_comfyui(pack):
+    """Each combo's type is its list of options (the form ComfyUI 0.3.64 checks), the options unchanged."""
+    combos = 0
+    for node in comfy_stubs.object_info(pack).values():
+        for cat in ("required", "optional"):
+            for name, (typ, opts) in node["input"].get(cat, {}).items():
+                if "options" in opts:
+                    combos += 1
+                    assert typ == opts["options"], (node["name"], name)
+    assert combos == 9
+
+
+# ----------------------------------------------------------------------------- requirements
+def test_required_modules_are_the_requirements_file(pack):
+    names = [ln.split(">")[0].split("=")[0].split("<")[0].strip()
+             for ln in (comfy_stubs.PACK_ROOT / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert list(pack.nodes.requirements.REQUIRED_MODULES) == names
+    assert pack.nodes.requirements.MISSING == []
+
+
+MISSING_REQUIREMENTS_PROBE = textwrap.dedent("""
+    import io, json, logging, sys
+    HIDDEN = {"diffusers", "transformers", "timm"}
+
+    class Hide:  # a Python without the pack's requirements
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in HIDDEN:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Hide())
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    import comfy_stubs
+    out = {}
+    with comfy_stubs.load_pack(sys.argv[2]) as pack:
+        out["nodes"] = sorted(pack.NODE_CLASS_MAPPINGS)
+        out["log"] = log.getvalue().splitlines()
+        out["missing"] = pack.nodes.requirements.MISSING
+        errors = {}
+        for name, call in [
+            ("loader.validate", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"].validate_inputs(twgtm_file="x")),
+            ("sampler.validate", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMSampler"].validate_inputs()),
+            ("garment_mask.validate", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMGarmentMask"].validate_inputs()),
+            ("loader.execute", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"].execute(
+                twgtm_file="x", base_model="b", vae="v", clip_vision="c", dtype="auto")),
+            ("sampler.execute", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMSampler"].execute(
+                model=None, conditioning=None, seed=0, steps=1, cfg=1.0, scheduler="ddim", denoise=1.0)),
+        ]:
+            try:
+                call()
+                errors[name] = None
+            except Exception as ex:
+                errors[name] = [type(ex).__name__, isinstance(ex, ImportError), str(ex)]
+        out["errors"] = errors
+        (cond,) = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"].execute(
+            person=torch.rand(1, 8, 6, 3), garment=torch.rand(1, 8, 6, 3), mask=torch.ones(1, 8, 6),
+            category="upper").result
+        out["conditioning_runs"] = cond.task
+    print(json.dumps(out))
+""")
+
+
+def test_missing_requirements_are_named_once_at_import_and_by_the_nodes(tmp_path):
+    """Without diffusers/transformers/timm: the nodes are listed, one warning says how to install them,
+    and the nodes that need them fail with that command instead of "No module named 'diffusers'"."""
+    proc = subprocess.run([sys.executable, "-c", MISSING_REQUIREMENTS_PROBE, str(Path(__file__).parent),
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    command = f"{sys.executable} -m pip install -r {comfy_stubs.PACK_ROOT / 'requirements.txt'}"
+    assert len(out["nodes"]) == 6 and out["missing"] == ["diffusers", "transformers", "timm"]
+    (line,) = out["log"]  # one line, at warning level
+    assert command in line and "diffusers, transformers, timm" in line
+    for name, error in out["errors"].items():
+        assert error is not None, name
+        kind, is_import_error, msg = error
+        assert kind == "MissingRequirementError" and is_import_error, (name, error)
+        assert command in msg and "diffusers" in msg and "restart ComfyUI" in msg, (name, msg)
+    assert out["conditioning_runs"] == "try_on"  # nodes that need no requirement still work
 
 
 # ----------------------------------------------------------------------------- try-on
@@ -261,6 +428,65 @@ def test_try_on_garment_batch_must_broadcast(pack, handle, stubs):
     garments = torch.rand(3, 64, 48, 3)
     with pytest.raises(lib(pack, "errors").InputError, match="garment"):
         sample(pack, handle, try_on_cond(pack, person, garments, mask))
+
+
+def transparent_garment(h=64, w=48):
+    """A blue top cut out on a transparent background, as ComfyUI's LoadImage gives a PNG with alpha:
+    IMAGE RGB, black where transparent, and MASK = 1 - alpha. Also the same top on white."""
+    alpha = torch.zeros(1, h, w)
+    alpha[:, 8:56, 6:42] = 1.0
+    blue = torch.tensor([0.1, 0.2, 0.9])
+    rgb = alpha[..., None] * blue                            # (1, H, W, 3): black background
+    on_white = rgb + (1.0 - alpha[..., None])                # (1, H, W, 3): the catalogue image
+    return rgb, 1.0 - alpha, on_white, torch.cat([rgb, alpha[..., None]], dim=-1)
+
+
+def test_try_on_garment_transparency_puts_the_garment_on_white(pack, handle, stubs):
+    person, _, mask = images(b=1, h=64, w=48, seed=5)
+    rgb, transparency, on_white, _ = transparent_garment()
+    node = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"]
+    (cond,) = run(node, person=person, garment=rgb, mask=mask, category="upper", garment_transparency=transparency)
+    seen = lib(pack, "images").as_image_batch(cond.garment, "garment")  # what the model gets
+    assert torch.equal(seen, on_white.permute(0, 3, 1, 2))
+    result, _ = sample(pack, handle, cond)
+    reference, _ = sample(pack, handle, try_on_cond(pack, person, on_white, mask))
+    unwired, _ = sample(pack, handle, try_on_cond(pack, person, rgb, mask))
+    assert torch.equal(result, reference) and not torch.equal(unwired, reference)
+
+
+def test_try_on_garment_transparency_is_resized_and_batch_checked(pack):
+    person, garment, mask = images(b=1)
+    node = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"]
+    # LoadImage gives a 64x64 zero MASK for an image without alpha: the garment stays as it is
+    (cond,) = run(node, person=person, garment=garment, mask=mask, category="upper",
+                  garment_transparency=torch.zeros(1, 64, 64))
+    assert torch.equal(lib(pack, "images").as_image_batch(cond.garment, "garment"), garment.permute(0, 3, 1, 2))
+    # a mask at another size is resized to the garment; soft edges stay soft
+    half = torch.full((1, 32, 24), 0.5)
+    (cond,) = run(node, person=person, garment=garment, mask=mask, category="upper", garment_transparency=half)
+    assert cond.garment.shape == (1, 4, 64, 48) and torch.allclose(cond.garment[:, 3], torch.full((1, 64, 48), 0.5))
+    with pytest.raises(lib(pack, "errors").InputError, match="garment_transparency.*batch"):
+        run(node, person=person, garment=garment, mask=mask, category="upper",
+            garment_transparency=torch.zeros(3, 64, 48))
+    info = comfy_stubs.object_info(pack)["TWGTMTryOnConditioning"]["input"]
+    assert info["optional"]["garment_transparency"][0] == "MASK"
+    assert "1 - alpha" in info["optional"]["garment_transparency"][1]["tooltip"]
+
+
+def test_try_on_rgba_garment_is_put_on_white_by_its_alpha(pack, handle, stubs):
+    person, _, mask = images(b=1, h=64, w=48, seed=5)
+    rgb, transparency, on_white, rgba = transparent_garment()
+    result, _ = sample(pack, handle, try_on_cond(pack, person, rgba, mask))
+    reference, _ = sample(pack, handle, try_on_cond(pack, person, on_white, mask))
+    assert torch.equal(result, reference)
+    # an RGBA garment with a transparency mask as well: both make pixels transparent
+    node = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"]
+    more = torch.zeros(1, 64, 48)
+    more[:, :, :24] = 1.0  # the left half transparent too
+    (cond,) = run(node, person=person, garment=rgba, mask=mask, category="upper", garment_transparency=more)
+    seen = lib(pack, "images").as_image_batch(cond.garment, "garment")
+    assert torch.equal(seen[..., :24], torch.ones(1, 3, 64, 24))
+    assert torch.equal(seen[..., 24:], on_white.permute(0, 3, 1, 2)[..., 24:])
 
 
 def test_conditioning_rejects_bad_layouts_and_values(pack):

@@ -89,6 +89,20 @@ def test_workflows_cover_try_on_try_off_and_the_round_trip():
     assert person_on != person_off  # garment of A onto B
 
 
+def test_try_on_takes_the_garment_transparency_from_its_loadimage():
+    """A garment PNG with alpha: LoadImage's MASK (1 - alpha) goes to garment_transparency, so the
+    transparent background becomes white instead of LoadImage's black."""
+    api = load("twgtm_try_on_api")
+    on = next(n for n in api.values() if n["class_type"] == "TWGTMTryOnConditioning")
+    src, slot = on["inputs"]["garment_transparency"]
+    assert [src, slot] == [on["inputs"]["garment"][0], 1] and api[src]["class_type"] == "LoadImage"
+    wf = load("twgtm_try_on")
+    node = next(n for n in wf["nodes"] if n["type"] == "TWGTMTryOnConditioning")
+    (inp,) = [i for i in node["inputs"] if i["name"] == "garment_transparency"]
+    link = next(ln for ln in wf["links"] if ln[0] == inp["link"])
+    assert link[1] == int(src) and link[2] == 1 and link[5] == "MASK"
+
+
 def test_example_inputs_are_small_generated_pngs():
     assert EXAMPLE_FILES == {"person_a.png", "person_a_mask.png", "person_b.png", "person_b_mask.png", "garment.png"}
     for name in EXAMPLE_FILES:

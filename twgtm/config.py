@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,85 @@ def canonical_category(value: str) -> str:
     if key not in CATEGORY_ALIASES:
         raise ConfigError(f"category: expected one of {CATEGORIES} (or an alias such as 'upper_body'), got {value!r}")
     return CATEGORY_ALIASES[key]
+
+
+# --- field checks (configs come from files: every value is checked before it is used) ------------
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def _fail(name: str, expected: str, value: Any) -> None:
+    raise ConfigError(f"{name}: expected {expected}, got {_show(value)}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bounds(lo: Any, hi: Any, lo_open: bool = False, hi_open: bool = False) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi}")
+    return " and ".join(parts)
+
+
+def _int(name: str, value: Any, *, lo: int | None = None, hi: int | None = None, choices: tuple = (),
+         expected: str | None = None) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi) and (not choices or value in choices)
+    if not ok:
+        _fail(name, expected or ("one of " + ", ".join(map(str, choices)) if choices
+                                 else f"an integer {_bounds(lo, hi)}".rstrip()), value)
+    return value
+
+
+def _num(name: str, value: Any, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+         hi_open: bool = False) -> float:
+    ok = _is_number(value) and (lo is None or (value > lo if lo_open else value >= lo))
+    ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        _fail(name, f"a finite number {_bounds(lo, hi, lo_open, hi_open)}".rstrip(), value)
+    return float(value)
+
+
+def _str(name: str, value: Any, *, choices: tuple = ()) -> str:
+    if not isinstance(value, str) or not value or (choices and value not in choices):
+        _fail(name, f"one of {choices}" if choices else "a non-empty string", value)
+    return value
+
+
+def _obj(name: str, value: Any, *, what: str = "a mapping with string keys") -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        _fail(name, what, value)
+    return value
+
+
+def _key(mapping: dict[str, Any], name: str, key: str) -> Any:
+    if key not in mapping:
+        raise ConfigError(f"{name}: expected a {key!r} entry, got keys {sorted(mapping)}")
+    return mapping[key]
+
+
+def _seq(name: str, value: Any, *, min_len: int = 0, max_len: int | None = None) -> tuple:
+    if not isinstance(value, (list, tuple)) or len(value) < min_len or (max_len is not None and len(value) > max_len):
+        size = f"{min_len}" if max_len == min_len else f"at least {min_len}"
+        _fail(name, f"a list of {size} values", value)
+    return tuple(value)
+
+
+def _int_seq(name: str, value: Any, *, min_len: int = 0, max_len: int | None = None, lo: int | None = None) -> tuple:
+    items = _seq(name, value, min_len=min_len, max_len=max_len)
+    for i, v in enumerate(items):
+        _int(f"{name}[{i}]", v, lo=lo)
+    return items
+
+
+def _tuples(mapping: dict[str, Any]) -> dict[str, Any]:
+    """JSON gives lists where the constructors' configs hold tuples: one form, so configs compare equal."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()}
 
 
 @dataclass
@@ -111,6 +191,10 @@ def _scheduler() -> dict[str, Any]:
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", steps_offset=1, clip_sample=False, set_alpha_to_one=False,
     )
+
+
+_NESTED: dict[str, type] = {"swin": SwinConfig, "qformer": QFormerConfig, "taskformer": TaskFormerConfig,
+                           "decoder": DecoderConfig, "loss": LossConfig}
 
 
 @dataclass
@@ -221,21 +305,53 @@ class TWGTMConfig:
 
     # --- validation & (de)serialisation ------------------------------------------------------
     def validate(self) -> "TWGTMConfig":
-        f = self.vae_scale_factor
+        """Type- and range-check every field (configs also come from files); normalise lists to tuples.
+
+        Raises ConfigError naming the field, what was expected and what was received.
+        """
+        for name, cls in _NESTED.items():
+            if not isinstance(getattr(self, name), cls):
+                _fail(name, f"a {cls.__name__}", getattr(self, name))
+        self.vae_scale_factor = f = _int("vae_scale_factor", self.vae_scale_factor, lo=1)
+        self.height = _int("height", self.height, lo=1)
+        self.width = _int("width", self.width, lo=1)
         if self.height % f or self.width % f:
             raise ConfigError(f"height/width: expected multiples of vae_scale_factor={f}, got {self.height}x{self.width}")
+        self.latent_channels = _int("latent_channels", self.latent_channels, lo=1)
+        self.scaling_factor = _num("scaling_factor", self.scaling_factor, lo=0.0, lo_open=True)
         sf = self.shift_factor
         if isinstance(sf, (list, tuple)):
-            if len(sf) != self.latent_channels or not all(isinstance(v, (int, float)) for v in sf):
+            if len(sf) != self.latent_channels or not all(_is_number(v) for v in sf):
                 raise ConfigError(f"shift_factor: expected a number or {self.latent_channels} numbers (one per latent "
                                   f"channel), got {sf!r}")
             self.shift_factor = [float(v) for v in sf]
-        elif isinstance(sf, (int, float)) and not isinstance(sf, bool):
+        elif _is_number(sf):
             self.shift_factor = float(sf)
         else:
             raise ConfigError(f"shift_factor: expected a number or a list of {self.latent_channels} numbers, got {sf!r}")
-        if self.concat_dim not in (-1, -2):
-            raise ConfigError(f"concat_dim: expected -1 (width) or -2 (height), got {self.concat_dim!r}")
+        self.concat_dim = _int("concat_dim", self.concat_dim, choices=(-1, -2),
+                               expected="-1 (width) or -2 (height)")
+
+        # base components: constructor kwargs; the keys this library reads are checked here
+        self.unet = _tuples(_obj("unet", self.unet))
+        for key in ("in_channels", "cross_attention_dim"):
+            _int(f"unet.{key}", _key(self.unet, "unet", key), lo=1)
+        _int_seq("unet.block_out_channels", _key(self.unet, "unet", "block_out_channels"), min_len=3, lo=1)
+        self.vae = _tuples(_obj("vae", self.vae))
+        self.clip_vision = _obj("clip_vision", self.clip_vision)
+        _int("clip_vision.projection_dim", _key(self.clip_vision, "clip_vision", "projection_dim"), lo=1)
+        self.clip_text = _obj("clip_text", self.clip_text)
+        _int("clip_text.hidden_size", _key(self.clip_text, "clip_text", "hidden_size"), lo=1)
+        self.text_max_length = _int("text_max_length", self.text_max_length, lo=2)
+
+        sw = self.swin
+        sw.model_name = _str("swin.model_name", sw.model_name)
+        sw.out_indices = _int_seq("swin.out_indices", sw.out_indices, min_len=3, max_len=3, lo=0)
+        sw.kwargs = _tuples(_obj("swin.kwargs", sw.kwargs))
+        for sub in ("qformer", "taskformer", "decoder"):
+            for fld in dataclasses.fields(getattr(self, sub)):
+                if fld.type in ("int", int):
+                    setattr(getattr(self, sub), fld.name, _int(f"{sub}.{fld.name}", getattr(getattr(self, sub), fld.name), lo=1))
         if self.qformer.hidden_size != self.cross_attention_dim:
             raise ConfigError(f"qformer.hidden_size: expected the UNet cross_attention_dim "
                               f"{self.cross_attention_dim}, got {self.qformer.hidden_size}")
@@ -245,19 +361,36 @@ class TWGTMConfig:
         if self.clip_text["hidden_size"] != self.qformer.text_dim:
             raise ConfigError(f"clip_text.hidden_size: expected qformer.text_dim {self.qformer.text_dim}, "
                               f"got {self.clip_text['hidden_size']}")
-        if self.taskformer.pixel_decoder not in ("fpn", "linear"):
-            raise ConfigError(f"taskformer.pixel_decoder: expected 'fpn' or 'linear', got {self.taskformer.pixel_decoder!r}")
-        if self.stage not in (1, 2):
-            raise ConfigError(f"stage: expected 1 or 2, got {self.stage!r}")
-        if self.scheduler.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
-            raise ConfigError(f"scheduler.prediction_type: expected one of {PREDICTION_TYPES}, "
-                              f"got {self.scheduler.get('prediction_type')!r}")
-        if self.loss.loss_region not in ("full", "target"):
-            raise ConfigError(f"loss.loss_region: expected 'full' or 'target', got {self.loss.loss_region!r}")
+        tf = self.taskformer
+        tf.pixel_decoder = _str("taskformer.pixel_decoder", tf.pixel_decoder, choices=("fpn", "linear"))
+        tf.mask_threshold = _num("taskformer.mask_threshold", tf.mask_threshold, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+
+        self.scheduler = _obj("scheduler", self.scheduler)
+        timesteps = _int("scheduler.num_train_timesteps", _key(self.scheduler, "scheduler", "num_train_timesteps"), lo=1)
+        offset = _int("scheduler.steps_offset", self.scheduler.get("steps_offset", 0), lo=0)
+        _str("scheduler.prediction_type", self.scheduler.get("prediction_type", "epsilon"), choices=PREDICTION_TYPES)
+
+        self.categories = tuple(_seq("categories", self.categories, min_len=1))
+        for c in self.categories:
+            if not isinstance(c, str) or c.strip().lower() not in CATEGORY_ALIASES:
+                _fail("categories", f"names among {CATEGORIES} (or their aliases)", self.categories)
+        if len(set(self.categories)) != len(self.categories):
+            _fail("categories", "distinct names", self.categories)
+        self.prompts = _obj("prompts", self.prompts)
         if sorted(self.prompts) != sorted(self.categories):
             raise ConfigError(f"prompts: expected one prompt per category {self.categories}, got keys {sorted(self.prompts)}")
-        for c in self.categories:
-            canonical_category(c)
+        for c, text in self.prompts.items():
+            _str(f"prompts.{c}", text)
+
+        loss = self.loss
+        for name in ("mask_weight", "dice_weight", "bce_weight", "stage2_mask_weight"):
+            setattr(loss, name, _num(f"loss.{name}", getattr(loss, name), lo=0.0))
+        loss.loss_region = _str("loss.loss_region", loss.loss_region, choices=("full", "target"))
+        self.cfg_dropout = _num("cfg_dropout", self.cfg_dropout, lo=0.0, hi=1.0)
+        self.stage = _int("stage", self.stage, choices=(1, 2))
+        self.num_inference_steps = _int("num_inference_steps", self.num_inference_steps, lo=1, hi=timesteps - offset)
+        self.guidance_scale = _num("guidance_scale", self.guidance_scale, lo=1.0, hi=100.0)
+        self.eta = _num("eta", self.eta, lo=0.0)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,31 +401,22 @@ class TWGTMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TWGTMConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        """Build and :meth:`validate` a config from plain JSON data (unknown fields are errors)."""
+        _obj("config", data, what="a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"config: unknown fields {unknown}; expected a subset of {sorted(known)}")
-        nested = {"swin": SwinConfig, "qformer": QFormerConfig, "taskformer": TaskFormerConfig,
-                  "decoder": DecoderConfig, "loss": LossConfig}
-        kwargs: dict[str, Any] = {}
-        for name, value in data.items():
-            if name in nested:
-                sub = nested[name]
-                sub_known = {f.name for f in dataclasses.fields(sub)}
-                bad = sorted(set(value) - sub_known)
-                if bad:
-                    raise ConfigError(f"config.{name}: unknown fields {bad}; expected a subset of {sorted(sub_known)}")
-                value = sub(**value)
-                if name == "swin":
-                    value.out_indices = tuple(value.out_indices)
-                    value.kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.kwargs.items()}
-            elif name in ("unet", "vae"):
-                value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-            elif name == "categories":
-                value = tuple(value)
-            kwargs[name] = value
+        kwargs: dict[str, Any] = dict(data)
+        for name, sub in _NESTED.items():
+            if name not in data:
+                continue
+            value = _obj(name, data[name], what="a JSON object")
+            sub_known = {f.name for f in dataclasses.fields(sub)}
+            bad = sorted(set(value) - sub_known)
+            if bad:
+                raise ConfigError(f"config.{name}: unknown fields {bad}; expected a subset of {sorted(sub_known)}")
+            kwargs[name] = sub(**value)
         return cls(**kwargs).validate()
 
     @classmethod
