@@ -1,0 +1,163 @@
+"""Trainer reliability: bit-exact resume after SIGKILL between checkpoints (1 and 2 processes)."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+LOSS_COLUMNS = ("step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm")
+
+# stage 1 only, 8 steps, checkpoints at 4 and 8: a kill after step 5 is logged lands between two checkpoints
+RESUME_SETS = ["threads=1", "stage0.enabled=false", "stage1.max_steps=8", "stage1.checkpoint_every=4",
+               "stage1.keep_checkpoints=10", "stage1.log_every=1", "stage1.ema_decay=0.9"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _train_cmd(out: Path, sets, *args: str) -> list[str]:
+    return [sys.executable, "-m", "training", "--log-level", "WARNING", "train", "--config", str(TINY),
+            "--stage", "1", "--output-dir", str(out), *args] + [a for s in sets for a in ("--set", s)]
+
+
+def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _logged_steps(path: Path) -> list[int]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("step")]
+
+
+def _loss_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return [{k: r[k] for k in LOSS_COLUMNS} for r in csv.DictReader(f)]
+
+
+def _complete_checkpoints(stage_dir: Path) -> list[int]:
+    root = stage_dir / "checkpoints"
+    return sorted(int(d.name.split("-")[1]) for d in root.glob("step-*") if (d / "trainer_state.json").is_file())
+
+
+def _kill_between_checkpoints(out: Path, sets, after_step: int) -> None:
+    """Start the run and SIGKILL it (the launching process; its workers die with it) as soon as ``after_step``
+    is logged, i.e. after the step-4 checkpoint and before the step-8 one."""
+    proc = subprocess.Popen(_train_cmd(out, sets, "--resume", "auto"), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "stage1" / "log.csv"
+    deadline = time.time() + 240
+    try:
+        while after_step not in _logged_steps(log):
+            if proc.poll() is not None:
+                pytest.fail(f"training exited before step {after_step}: {proc.stderr.read().decode()[-3000:]}")
+            if time.time() > deadline:
+                pytest.fail(f"training logged no step {after_step} within 240 s")
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: ~2 min on 2 busy cores
+def test_resume_after_sigkill_between_checkpoints_is_bit_identical(tmp_path, processes):
+    sets = RESUME_SETS + [f"processes={processes}"]
+    if processes == 1:
+        sets += ["data.num_workers=1", "data.hflip=true"]  # a loader worker process and flipped items too
+    ref = _run(_train_cmd(tmp_path / "ref", sets, "--resume", "none"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    for attempt in range(3):  # the kill is timed on the log; on a stalled machine the run may get past step 8
+        _kill_between_checkpoints(out, sets, after_step=5)
+        if not (out / "stage1" / "model.safetensors").exists() and _complete_checkpoints(out / "stage1") == [4]:
+            break
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+    else:
+        pytest.fail("could not kill the run between its step-4 and step-8 checkpoints")
+    assert max(_logged_steps(out / "stage1" / "log.csv")) > 4  # it was killed after step 4, mid-run
+
+    res = _run(_train_cmd(out, sets, "--resume", "auto"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = load_file(str(tmp_path / "ref" / "stage1" / "model.safetensors"))
+    b = load_file(str(out / "stage1" / "model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 100
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)} of {len(a)} tensors differ after resume, e.g. {differ[:5]}"
+    assert _loss_rows(tmp_path / "ref" / "stage1" / "log.csv") == _loss_rows(out / "stage1" / "log.csv")
+    # the optimiser state too (the final checkpoint of both runs)
+    oa = torch.load(tmp_path / "ref/stage1/checkpoints/step-000008/optimizer.bin", weights_only=True)
+    ob = torch.load(out / "stage1/checkpoints/step-000008/optimizer.bin", weights_only=True)
+    assert all(torch.equal(oa["state"][i][k], ob["state"][i][k]) for i in oa["state"] for k in oa["state"][i])
+
+
+def test_step_draws_do_not_depend_on_the_global_rng_state(tmp_path, monkeypatch):
+    """Stochastic depth / dropout inside a step draw from the step's seeded state: consuming the global RNG
+    before the loop (as anything between a checkpoint's restore and the first step may) changes nothing."""
+    import random
+
+    from training import trainer
+    from training.config import load_run_config
+
+    real = trainer.build_train_dataset  # called after the model is built (and after a resume's load_state)
+    models = []
+    for draws in (0, 3):
+        def perturbed(run, cfg, draws=draws):
+            torch.rand(draws)
+            random.random()
+            return real(run, cfg)
+
+        monkeypatch.setattr(trainer, "build_train_dataset", perturbed)
+        run = load_run_config(TINY, [f"output_dir={tmp_path}/r{draws}", f"data.synthetic.root={tmp_path}/data",
+                                     "threads=1", "stage0.enabled=false", "stage1.max_steps=2",
+                                     # the Swin (SRM) runs every step, and drops paths often: draws that matter
+                                     "stage1.vtoff_prob=1.0", "model.overrides.swin.kwargs.drop_path_rate=0.8"])
+        acc = trainer.make_accelerator(run, cpu=True)
+        trainer.prepare_data(run, acc)
+        trainer.train_stage(run, 1, acc, resume=None)
+        models.append(load_file(str(trainer.stage_model_path(run, 1))))
+    swin = [k for k in models[0] if k.startswith("srm.swin.")]
+    assert swin and all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+def test_seeded_rng_seeds_and_restores_every_global_generator():
+    import random
+
+    import numpy as np
+
+    from training.trainer import seeded_rng
+
+    torch.manual_seed(1)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    with seeded_rng(42):
+        a = (torch.rand(3), random.random(), np.random.rand())
+    torch.rand(5)
+    with seeded_rng(42):
+        b = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    torch.manual_seed(1)
+    with seeded_rng(7):
+        torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), before[0])  # the outside stream is untouched
