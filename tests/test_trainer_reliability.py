@@ -1,4 +1,5 @@
-"""Trainer reliability: bit-exact resume after SIGKILL between checkpoints (1 and 2 processes)."""
+"""Trainer reliability: bit-exact resume after SIGKILL between checkpoints (1 and 2 processes), and one-line
+errors for numeric CLI options and config values out of range."""
 from __future__ import annotations
 
 import csv
@@ -161,3 +162,62 @@ def test_seeded_rng_seeds_and_restores_every_global_generator():
     with seeded_rng(7):
         torch.rand(3)
     assert torch.equal(torch.get_rng_state(), before[0])  # the outside stream is untouched
+
+
+# ---------------------------------------------------------------------------------------------- CLI errors
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--max-steps", "-5"], "argument --max-steps: expected an integer >= 1, got -5"),
+    (["train", "--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got 0"),
+    (["main", "--max-steps", "-1"], "argument --max-steps: expected an integer >= 1"),
+    (["train", "--stop-after", "-2"], "argument --stop-after: expected an integer >= 1"),
+    (["evaluate", "--checkpoint", "missing.safetensors", "--data", "missing", "--eta", "2"],
+     "argument --eta: expected a number in [0, 1]"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--eta", "-0.1"], "argument --eta"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--eta", "nan"], "argument --eta"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--steps", "0"], "argument --steps: expected an integer in"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--guidance-scale", "-3"], "argument --guidance-scale"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--batch-size", "0"], "argument --batch-size"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--max-items", "-1"], "argument --max-items"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--seed", "-1"], "argument --seed"),
+    (["evaluate", "--checkpoint", "m", "--data", "d", "--size", "0", "48"], "argument --size"),
+])
+def test_bad_numeric_options_are_one_line_errors_before_anything_runs(tmp_path, capsys, argv, needle):
+    from training.cli import main
+
+    if argv[0] in ("train", "main"):
+        argv = [argv[0], "--config", str(TINY), "--output-dir", str(tmp_path / "run"), *argv[1:]]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("stage1.max_steps=-5", "stage1.max_steps: expected an integer >= 1, got -5"),
+    ("stage2.batch_size=0", "stage2.batch_size: expected an integer >= 1, got 0"),
+    ("stage1.lr_new=-1e-4", "stage1.lr_new: expected a number >= 0"),
+    ("stage1.lr_unet=.nan", "stage1.lr_unet: expected a number >= 0"),
+    ("stage1.warmup_steps=-1", "stage1.warmup_steps"),
+    ("stage1.vtoff_prob=1.5", "stage1.vtoff_prob: expected a number in [0, 1]"),
+    ("stage1.ema_decay=1", "stage1.ema_decay: expected a number in [0, 1)"),
+    ("stage1.betas=[0.9, 1.0]", "stage1.betas[1]"),
+    ("stage0.max_steps=-1", "stage0.max_steps"),
+    ("stage0.lr=-1", "stage0.lr"),
+    ("threads=0", "threads: expected an integer >= 1"),
+    ("seed=-1", "seed: expected an integer >= 0"),
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.synthetic.n_train=0", "data.synthetic.n_train"),
+    ("eval.eta=2", "eval.eta: expected a number in [0, 1]"),
+    ("eval.guidance_scale=0.5", "eval.guidance_scale"),
+    ("eval.num_inference_steps=0", "eval.num_inference_steps"),
+])
+def test_config_numbers_out_of_range_are_config_errors(override, needle):
+    from twgtm.errors import ConfigError
+
+    from training.config import load_run_config
+
+    with pytest.raises(ConfigError) as exc:
+        load_run_config(TINY, [override])
+    assert needle in str(exc.value)
