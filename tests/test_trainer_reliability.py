@@ -1,5 +1,5 @@
-"""Trainer reliability: bit-exact resume after SIGKILL between checkpoints (1 and 2 processes), and one-line
-errors for numeric CLI options and config values out of range."""
+"""Trainer reliability: bit-exact resume after SIGKILL between checkpoints (1 and 2 processes), no silent
+overwrite of a run (``--resume none``), one run per output folder (lock), and one-line CLI errors."""
 from __future__ import annotations
 
 import csv
@@ -170,6 +170,7 @@ def test_seeded_rng_seeds_and_restores_every_global_generator():
     (["train", "--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got 0"),
     (["main", "--max-steps", "-1"], "argument --max-steps: expected an integer >= 1"),
     (["train", "--stop-after", "-2"], "argument --stop-after: expected an integer >= 1"),
+    (["main", "--resume", "bogus"], "argument --resume: invalid choice"),
     (["evaluate", "--checkpoint", "missing.safetensors", "--data", "missing", "--eta", "2"],
      "argument --eta: expected a number in [0, 1]"),
     (["evaluate", "--checkpoint", "m", "--data", "d", "--eta", "-0.1"], "argument --eta"),
@@ -221,3 +222,150 @@ def test_config_numbers_out_of_range_are_config_errors(override, needle):
     with pytest.raises(ConfigError) as exc:
         load_run_config(TINY, [override])
     assert needle in str(exc.value)
+
+
+def test_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, caplog):
+    from training.cli import main
+
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "below"):
+        caplog.clear()
+        rc = main(["train", "--config", str(TINY), "--output-dir", str(out), "--set", "threads=1", "--cpu"])
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert rc == 2 and len(errors) == 1 and "--output-dir: expected a folder" in errors[0], errors
+        assert "\n" not in errors[0]
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_read_only_output_dir_is_a_one_line_error(tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    prefix = []
+    if os.geteuid() == 0:  # root ignores permission bits unless it drops CAP_DAC_OVERRIDE
+        import shutil
+
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot make a folder read-only for this process")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    res = _run(prefix + _train_cmd(out, ["threads=1", "stage0.enabled=false"], "--cpu"), timeout=240)
+    out.chmod(0o755)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "is not writable" in errors[0] and str(out) in errors[0], res.stderr[-2000:]
+    assert not any(out.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- --resume none
+def _plant_old_run(out: Path) -> dict[Path, bytes]:
+    """Files of an earlier run (contents do not matter: the refusal must leave them untouched)."""
+    files = {out / "stage1" / "model.safetensors": b"old model", out / "stage1" / "log.csv": b"step,loss\n9,1.0\n",
+             out / "stage1" / "checkpoints" / "step-000099" / "trainer_state.json": b'{"step": 99}',
+             out / "stage2" / "model.safetensors": b"old stage 2", out / "twgtm_tiny.safetensors": b"old export"}
+    for p, data in files.items():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return files
+
+
+def test_resume_none_refuses_to_overwrite_a_run(tmp_path, caplog):
+    from training.cli import main
+
+    out = tmp_path / "run"
+    files = _plant_old_run(out)
+    rc = main(["train", "--config", str(TINY), "--stage", "1", "--output-dir", str(out), "--resume", "none",
+               "--set", "threads=1", "--set", "stage0.enabled=false", "--cpu"])
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert rc == 2 and len(errors) == 1, errors
+    assert "--resume none" in errors[0] and str(out) in errors[0] and "--overwrite" in errors[0]
+    assert "stage1/" in errors[0] and "stage2/" in errors[0] and "twgtm_tiny.safetensors" in errors[0]
+    assert all(p.read_bytes() == data for p, data in files.items())  # nothing touched
+    assert not (out / "config.yaml").exists()
+
+
+def test_overwrite_removes_the_old_run_before_starting(tmp_path, caplog):
+    from training.cli import main
+    from training.config import load_run_config
+    from training.trainer import find_checkpoint
+
+    out = tmp_path / "run"
+    files = _plant_old_run(out)
+    sets = ["--set", "threads=1", "--set", "stage0.enabled=false"]
+    rc = main(["train", "--config", str(TINY), "--stage", "1", "--output-dir", str(out), "--overwrite", *sets, "--cpu"])
+    assert rc == 0
+    removed = [r.getMessage() for r in caplog.records if "--overwrite: removing" in r.getMessage()]
+    assert len(removed) == 1 and "stage1/" in removed[0] and "stage2/" in removed[0], removed
+    assert not (out / "stage2").exists() and not (out / "twgtm_tiny.safetensors").exists()  # built on the old run
+    assert not (out / "stage1" / "checkpoints" / "step-000099").exists()
+    assert sorted(d.name for d in (out / "stage1" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    assert _logged_steps(out / "stage1" / "log.csv") == [1, 2]
+    assert (out / "stage1" / "model.safetensors").read_bytes() != files[out / "stage1" / "model.safetensors"]
+    # a later run resumes from this run, not from the old one
+    run = load_run_config(TINY, [f"output_dir={out}", "stage0.enabled=false"])
+    assert find_checkpoint(run, 1, "auto").name == "step-000002"
+
+
+# ---------------------------------------------------------------------------------------------- one run per folder
+def test_second_run_in_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    from training.rundir import LOCK_NAME
+
+    out = tmp_path / "run"
+    sets = ["threads=1", "stage0.enabled=false", "stage1.log_every=1", "stage1.checkpoint_every=1000"]
+    # the first run is long (it is killed at the end), so it is surely running while the second one starts
+    first = subprocess.Popen(_train_cmd(out, sets + ["stage1.max_steps=100000"], "--cpu"), cwd=REPO, env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = out / LOCK_NAME
+    try:
+        deadline = time.time() + 240
+        while not _logged_steps(out / "stage1" / "log.csv"):
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.time() < deadline, "the first run logged no step within 240 s"
+            time.sleep(0.05)
+        assert lock.read_text().startswith(f"PID {first.pid},")
+        second = _run(_train_cmd(out, sets + ["stage1.max_steps=2"], "--cpu"), timeout=240)
+        assert first.poll() is None, "the first run must still be running"
+        steps_then = _logged_steps(out / "stage1" / "log.csv")
+    finally:
+        first.kill()
+        first.wait()
+        first.stderr.close()
+    assert second.returncode == 2, second.stderr[-3000:]
+    errors = [line for line in second.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and str(out) in errors[0] and f"PID {first.pid}" in errors[0], second.stderr[-3000:]
+    assert "is in use by another run" in errors[0]
+    assert steps_then == list(range(1, len(steps_then) + 1))  # the first run's log alone: one row per step
+    assert not (out / "stage1" / "model.safetensors").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    from twgtm.errors import ConfigError
+
+    from training.rundir import LOCK_NAME, RunLock
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(f"PID {dead.pid}, started 2026-01-01 00:00:00: python -m training train")
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text().startswith(f"PID {os.getpid()},")
+        holder = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                                 "from training.rundir import RunLock; RunLock(Path(sys.argv[1])).acquire()",
+                                 str(tmp_path)], cwd=REPO, env=_env(), capture_output=True, text=True)
+        assert holder.returncode != 0 and f"PID {os.getpid()}" in holder.stderr and str(tmp_path) in holder.stderr
+    with pytest.raises(ConfigError, match="is in use by another run"):
+        with RunLock(tmp_path):
+            RunLock(tmp_path).acquire()  # a second lock on the same folder, even from the same process
+
+
+def test_synthetic_data_generated_with_other_parameters_is_not_reused(tmp_path):
+    from twgtm.errors import ConfigError
+
+    from training.config import load_run_config
+    from training.trainer import make_accelerator, prepare_data
+
+    sets = [f"output_dir={tmp_path}", "threads=1"]
+    acc = make_accelerator(load_run_config(TINY, sets), cpu=True)
+    prepare_data(load_run_config(TINY, sets), acc)
+    prepare_data(load_run_config(TINY, sets), acc)  # the same set: reused
+    with pytest.raises(ConfigError, match=r"data.synthetic: .*'n_train': 8.*'n_train': 4"):
+        prepare_data(load_run_config(TINY, sets + ["data.synthetic.n_train=4"]), acc)

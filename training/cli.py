@@ -26,10 +26,11 @@ import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from twgtm.errors import TWGTMError
+from twgtm.errors import ConfigError, TWGTMError
 
 logger = logging.getLogger("training")
 
@@ -121,15 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("main", help="the synthetic end-to-end job: data, stage 0/1/2, export, report")
     _add_run_args(p, DEFAULT_CONFIG)
     p.add_argument("--max-steps", type=steps, help="max steps of every stage (stage 0 included)")
-    p.add_argument("--resume", default="auto", help="auto (default: continue where a killed job stopped) or none")
+    p.add_argument("--resume", choices=["auto", "none"],
+                   help="auto (default: continue where a killed job stopped) or none (start over)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run: delete its stage outputs, export and report first")
 
     p = sub.add_parser("train", help="train one stage or all")
     _add_run_args(p, None)
     p.add_argument("--stage", default="all", choices=["0", "1", "2", "all"],
                    help="stage to train (all: 0 if enabled, 1, 2, export)")
     p.add_argument("--max-steps", type=steps, help="max optimiser steps of the stage(s) trained now")
-    p.add_argument("--resume", default="auto",
-                   help="auto (newest checkpoint of the stage), none, or a checkpoint folder")
+    p.add_argument("--resume", help="auto (default: newest checkpoint of the stage), none (start over), or a "
+                                    "checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run: delete the outputs of the stage(s) trained now, "
+                        "of later stages, the export and the report first")
     p.add_argument("--stop-after", type=steps, help="checkpoint and stop at this step (time-boxed jobs, tests)")
 
     p = sub.add_parser("evaluate", help="VTON paired/unpaired and VTOFF protocols on a test split")
@@ -183,6 +190,41 @@ def _stages(run, which: str) -> list[int]:
     if which == "all":
         return ([0] if run.stage0.enabled else []) + [1, 2]
     return [int(which)]
+
+
+def _resume_mode(args) -> str:
+    """``--resume`` as given ("auto" by default; "no" is "none"); ``--overwrite`` means starting over."""
+    resume = {"no": "none", "": "none"}.get(args.resume, args.resume)
+    if args.overwrite:
+        if resume not in (None, "none"):
+            raise ConfigError(f"--overwrite: starts the run over, so expected no --resume or --resume none, "
+                              f"got --resume {args.resume}")
+        return "none"
+    return resume or "auto"
+
+
+@contextmanager
+def _claim_output(run, stages: list[int], resume: str, overwrite: bool) -> Iterator[None]:
+    """Hold the output folder's lock for the whole command and refuse to start a run over an earlier one
+    (``--resume none``) unless ``overwrite``, which removes the earlier run's outputs first.
+
+    Worker processes skip this: those this command starts find the lock held by their launcher, and under
+    ``accelerate launch`` rank 0 alone takes it."""
+    from .rundir import RunLock, describe, ensure_output_dir, held_by_launcher, previous_run, remove_previous_run
+
+    if held_by_launcher(run.output_path) or int(os.environ.get("RANK", "0")) > 0:
+        yield
+        return
+    ensure_output_dir(run)
+    with RunLock(run.output_path):
+        if resume == "none":
+            found = previous_run(run, stages[0])
+            if found and not overwrite:
+                raise ConfigError(f"--resume none: {str(run.output_path)!r} already holds a run "
+                                  f"({describe(found, run.output_path)}); expected an empty folder: pass "
+                                  f"--overwrite to delete it and start over, or --resume auto to continue it")
+            remove_previous_run(run, stages[0])
+        yield
 
 
 def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accelerator) -> dict[str, float]:
@@ -271,34 +313,42 @@ def _cpu_workers() -> bool:
 def cmd_train(args) -> int:
     from .trainer import configure_torch, make_accelerator
 
+    resume = _resume_mode(args)
     run = _load(args)
-    rc = _spawned(run, args.argv)
-    if rc is not None:
-        return rc
     stages = _stages(run, args.stage)
-    _apply_max_steps(run, stages, args.max_steps)
-    configure_torch(run)
-    accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
-    timings = _train(run, stages, args.resume, args.stop_after, accelerator)
+    with _claim_output(run, stages, resume, args.overwrite):
+        rc = _spawned(run, args.argv)
+        if rc is not None:
+            return rc
+        _apply_max_steps(run, stages, args.max_steps)
+        configure_torch(run)
+        accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
+        timings = _train(run, stages, resume, args.stop_after, accelerator)
     logger.info("done: %s", json.dumps(timings))
     return 0
 
 
 def cmd_main(args) -> int:
+    t_all = time.perf_counter()
+    resume = _resume_mode(args)
+    run = _load(args)
+    stages = _stages(run, "all")
+    with _claim_output(run, stages, resume, args.overwrite):
+        return _main_job(run, args, stages, resume, t_all)
+
+
+def _main_job(run, args, stages: list[int], resume: str, t_all: float) -> int:
     from .trainer import configure_torch, make_accelerator
 
-    t_all = time.perf_counter()
-    run = _load(args)
     rc = _spawned(run, args.argv)
     if rc is not None:
         return rc
-    stages = _stages(run, "all")
     _apply_max_steps(run, stages, args.max_steps)
     configure_torch(run)
     accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
     timings_path = run.output_path / "timings.json"
-    previous = json.loads(timings_path.read_text()) if timings_path.is_file() and args.resume == "auto" else {}
-    timings = _train(run, stages, args.resume, None, accelerator)
+    previous = json.loads(timings_path.read_text()) if timings_path.is_file() and resume == "auto" else {}
+    timings = _train(run, stages, resume, None, accelerator)
     if accelerator.is_main_process:
         t0 = time.perf_counter()
         report = _report(run, None, {**previous, **timings})

@@ -195,12 +195,26 @@ class ResumableBatchSampler:
 
 
 def prepare_data(run: RunConfig, accelerator) -> None:
-    """Generate the synthetic set once (main process) if the run uses one and it is not there yet."""
+    """Generate the synthetic set once (main process) if the run uses one and it is not there yet; a set there
+    generated with other parameters (``synthetic.json``) is a ConfigError, never silently reused."""
     spec = run.data.synthetic
     if spec is None:
         return
     root = Path(run.resolve(spec.root))
-    if accelerator.is_main_process and not (root / "synthetic.json").is_file():
+    summary = root / "synthetic.json"
+    if accelerator.is_main_process and summary.is_file():  # generated before: reused only if it is this config's
+        try:
+            made = json.loads(summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            made = {}
+        want = {"n_train": spec.n_train, "n_test": spec.n_test, "height": spec.height, "width": spec.width,
+                "seed": spec.seed, "categories": list(spec.categories)}
+        differ = {k: made.get(k) for k, v in want.items() if made.get(k) != v}
+        if differ:
+            raise ConfigError(f"data.synthetic: {str(root)!r} holds a synthetic set generated with {differ}, the "
+                              f"config asks for {({k: want[k] for k in differ})}; delete that folder (it is "
+                              f"regenerated) or set data.synthetic.root to another folder")
+    if accelerator.is_main_process and not summary.is_file():
         from .synthetic import generate
 
         t0 = time.perf_counter()
