@@ -21,14 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from twgtm.errors import TWGTMError
+from twgtm.errors import ConfigError, TWGTMError
 
 logger = logging.getLogger("training")
 
@@ -64,6 +66,45 @@ def _apply_max_steps(run, stages: Sequence[int], max_steps: Optional[int]) -> No
             run.stage(s).max_steps = max_steps
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``python -m training train: error: argument --max-steps: ...``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_arg(lo: int, hi: Optional[int] = None):
+    """An argparse type: an integer in [lo, hi]."""
+    want = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_arg(lo: float, hi: Optional[float] = None, note: str = ""):
+    """An argparse type: a finite number in [lo, hi]."""
+    want = (f"a number >= {lo:g}" if hi is None else f"a number in [{lo:g}, {hi:g}]") + note
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text}")
+        return value
+
+    return parse
+
+
 def _add_run_args(p: argparse.ArgumentParser, config_default: Optional[str]) -> None:
     p.add_argument("--config", default=config_default, help="run YAML (configs/*.yaml)")
     p.add_argument("--output-dir", help="override output_dir")
@@ -73,23 +114,30 @@ def _add_run_args(p: argparse.ArgumentParser, config_default: Optional[str]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description="TWGTM training, evaluation and export")
+    parser = _Parser(prog="python -m training", description="TWGTM training, evaluation and export")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    steps = _int_arg(1)
 
     p = sub.add_parser("main", help="the synthetic end-to-end job: data, stage 0/1/2, export, report")
     _add_run_args(p, DEFAULT_CONFIG)
-    p.add_argument("--max-steps", type=int, help="max steps of every stage (stage 0 included)")
-    p.add_argument("--resume", default="auto", help="auto (default: continue where a killed job stopped) or none")
+    p.add_argument("--max-steps", type=steps, help="max steps of every stage (stage 0 included)")
+    p.add_argument("--resume", choices=["auto", "none"],
+                   help="auto (default: continue where a killed job stopped) or none (start over)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run: delete its stage outputs, export and report first")
 
     p = sub.add_parser("train", help="train one stage or all")
     _add_run_args(p, None)
     p.add_argument("--stage", default="all", choices=["0", "1", "2", "all"],
                    help="stage to train (all: 0 if enabled, 1, 2, export)")
-    p.add_argument("--max-steps", type=int, help="max optimiser steps of the stage(s) trained now")
-    p.add_argument("--resume", default="auto",
-                   help="auto (newest checkpoint of the stage), none, or a checkpoint folder")
-    p.add_argument("--stop-after", type=int, help="checkpoint and stop at this step (time-boxed jobs, tests)")
+    p.add_argument("--max-steps", type=steps, help="max optimiser steps of the stage(s) trained now")
+    p.add_argument("--resume", help="auto (default: newest checkpoint of the stage), none (start over), or a "
+                                    "checkpoint folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run: delete the outputs of the stage(s) trained now, "
+                        "of later stages, the export and the report first")
+    p.add_argument("--stop-after", type=steps, help="checkpoint and stop at this step (time-boxed jobs, tests)")
 
     p = sub.add_parser("evaluate", help="VTON paired/unpaired and VTOFF protocols on a test split")
     p.add_argument("--checkpoint", required=True, help="TWGTM .safetensors file")
@@ -101,14 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["vton_paired", "vton_unpaired", "vtoff"])
     p.add_argument("--kind", default="auto", choices=["auto", "vitonhd", "dresscode"])
     p.add_argument("--categories", nargs="+", help="DressCode categories (default: all present)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: eval.num_inference_steps)")
-    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--steps", type=_int_arg(1, 1000), help="sampler steps (default: eval.num_inference_steps)")
+    p.add_argument("--guidance-scale", type=_float_arg(1, 100, " (1 disables CFG)"))
     p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "ddpm"])
-    p.add_argument("--eta", type=float, help="DDIM eta (default: the model config's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-items", type=int, help="evaluate the first N test items only")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="evaluation size (default: the model's)")
+    p.add_argument("--eta", type=_float_arg(0, 1, " (DDIM: 0 deterministic, 1 as DDPM)"),
+                   help="DDIM eta in [0, 1] (default: the model config's)")
+    p.add_argument("--seed", type=_int_arg(0))
+    p.add_argument("--batch-size", type=_int_arg(1))
+    p.add_argument("--max-items", type=_int_arg(1), help="evaluate the first N test items only")
+    p.add_argument("--size", type=_int_arg(8), nargs=2, metavar=("H", "W"),
+                   help="evaluation size (default: the model's)")
     p.add_argument("--tryoff-region", choices=["full", "gt_box", "pred_box", "gt_mask", "pred_mask"],
                    help="try-off region: whole canvas, or box / silhouette of the ground-truth or predicted mask")
     p.add_argument("--weights-dir", help="folder with LPIPS/DISTS torchvision backbones and the FID Inception file")
@@ -140,6 +190,41 @@ def _stages(run, which: str) -> list[int]:
     if which == "all":
         return ([0] if run.stage0.enabled else []) + [1, 2]
     return [int(which)]
+
+
+def _resume_mode(args) -> str:
+    """``--resume`` as given ("auto" by default; "no" is "none"); ``--overwrite`` means starting over."""
+    resume = {"no": "none", "": "none"}.get(args.resume, args.resume)
+    if args.overwrite:
+        if resume not in (None, "none"):
+            raise ConfigError(f"--overwrite: starts the run over, so expected no --resume or --resume none, "
+                              f"got --resume {args.resume}")
+        return "none"
+    return resume or "auto"
+
+
+@contextmanager
+def _claim_output(run, stages: list[int], resume: str, overwrite: bool) -> Iterator[None]:
+    """Hold the output folder's lock for the whole command and refuse to start a run over an earlier one
+    (``--resume none``) unless ``overwrite``, which removes the earlier run's outputs first.
+
+    Worker processes skip this: those this command starts find the lock held by their launcher, and under
+    ``accelerate launch`` rank 0 alone takes it."""
+    from .rundir import RunLock, describe, ensure_output_dir, held_by_launcher, previous_run, remove_previous_run
+
+    if held_by_launcher(run.output_path) or int(os.environ.get("RANK", "0")) > 0:
+        yield
+        return
+    ensure_output_dir(run)
+    with RunLock(run.output_path):
+        if resume == "none":
+            found = previous_run(run, stages[0])
+            if found and not overwrite:
+                raise ConfigError(f"--resume none: {str(run.output_path)!r} already holds a run "
+                                  f"({describe(found, run.output_path)}); expected an empty folder: pass "
+                                  f"--overwrite to delete it and start over, or --resume auto to continue it")
+            remove_previous_run(run, stages[0])
+        yield
 
 
 def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accelerator) -> dict[str, float]:
@@ -228,34 +313,42 @@ def _cpu_workers() -> bool:
 def cmd_train(args) -> int:
     from .trainer import configure_torch, make_accelerator
 
+    resume = _resume_mode(args)
     run = _load(args)
-    rc = _spawned(run, args.argv)
-    if rc is not None:
-        return rc
     stages = _stages(run, args.stage)
-    _apply_max_steps(run, stages, args.max_steps)
-    configure_torch(run)
-    accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
-    timings = _train(run, stages, args.resume, args.stop_after, accelerator)
+    with _claim_output(run, stages, resume, args.overwrite):
+        rc = _spawned(run, args.argv)
+        if rc is not None:
+            return rc
+        _apply_max_steps(run, stages, args.max_steps)
+        configure_torch(run)
+        accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
+        timings = _train(run, stages, resume, args.stop_after, accelerator)
     logger.info("done: %s", json.dumps(timings))
     return 0
 
 
 def cmd_main(args) -> int:
+    t_all = time.perf_counter()
+    resume = _resume_mode(args)
+    run = _load(args)
+    stages = _stages(run, "all")
+    with _claim_output(run, stages, resume, args.overwrite):
+        return _main_job(run, args, stages, resume, t_all)
+
+
+def _main_job(run, args, stages: list[int], resume: str, t_all: float) -> int:
     from .trainer import configure_torch, make_accelerator
 
-    t_all = time.perf_counter()
-    run = _load(args)
     rc = _spawned(run, args.argv)
     if rc is not None:
         return rc
-    stages = _stages(run, "all")
     _apply_max_steps(run, stages, args.max_steps)
     configure_torch(run)
     accelerator = make_accelerator(run, cpu=args.cpu or _cpu_workers())
     timings_path = run.output_path / "timings.json"
-    previous = json.loads(timings_path.read_text()) if timings_path.is_file() and args.resume == "auto" else {}
-    timings = _train(run, stages, args.resume, None, accelerator)
+    previous = json.loads(timings_path.read_text()) if timings_path.is_file() and resume == "auto" else {}
+    timings = _train(run, stages, resume, None, accelerator)
     if accelerator.is_main_process:
         t0 = time.perf_counter()
         report = _report(run, None, {**previous, **timings})
@@ -356,6 +449,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return handlers[args.command](args)
     except TWGTMError as exc:
         logger.error("%s", exc)
+        return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
+        logger.error("cannot write %r: %s", exc.filename, exc.strerror or exc)  # e.g. a read-only --out folder
         return 2
     except (FileNotFoundError, ValueError) as exc:
         from .datasets import DatasetError

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         if not isinstance(self.processes, int) or self.processes < 1:
             raise ConfigError(f"processes: expected an int >= 1, got {self.processes!r}")
+        self._validate_numbers()
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision: expected 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if not self.data.datasets and self.data.synthetic is None:
@@ -207,10 +209,6 @@ class RunConfig:
             raise ConfigError("stage0.enabled: the own-VAE stage is for the synthetic preset; expected data.synthetic")
         for i in (1, 2):
             s = self.stage(i)
-            for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints"):
-                v = getattr(s, name)
-                if not isinstance(v, int) or v < (0 if name == "max_steps" else 1):
-                    raise ConfigError(f"stage{i}.{name}: expected a positive int, got {v!r}")
             if s.lr_unet_base is not None and not self.export.include_base:
                 raise ConfigError(f"stage{i}.lr_unet_base: training the UNet base changes base weights, so "
                                   "export.include_base must be true; got false")
@@ -224,6 +222,57 @@ class RunConfig:
                                   "(or weights.random_base: true for a toy run)")
         self.model.build()  # raises ConfigError on a bad model section
         return self
+
+    def _validate_numbers(self) -> None:
+        """Every numeric field in its range (a negative step count or learning rate is an error, not a no-op)."""
+        ints: list[tuple[str, Any, int]] = [("seed", self.seed, 0), ("data.num_workers", self.data.num_workers, 0)]
+        floats: list[tuple[str, Any, float, Optional[float], bool]] = []  # (name, value, lo, hi, hi inclusive)
+        if self.threads is not None:
+            ints.append(("threads", self.threads, 1))
+        if self.data.synthetic is not None:
+            sy = self.data.synthetic
+            ints += [("data.synthetic.n_train", sy.n_train, 1), ("data.synthetic.n_test", sy.n_test, 0),
+                     ("data.synthetic.height", sy.height, 8), ("data.synthetic.width", sy.width, 8),
+                     ("data.synthetic.seed", sy.seed, 0)]
+        s0 = self.stage0
+        ints += [(f"stage0.{n}", getattr(s0, n), lo) for n, lo in (
+            ("max_steps", 0), ("batch_size", 1), ("warmup_steps", 0), ("log_every", 1), ("checkpoint_every", 1),
+            ("eval_every", 1))]
+        floats += [("stage0.lr", s0.lr, 0.0, None, True), ("stage0.kl_weight", s0.kl_weight, 0.0, None, True)]
+        for i in (1, 2):
+            s, p = self.stage(i), f"stage{i}."
+            ints += [(p + n, getattr(s, n), lo) for n, lo in (
+                ("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0), ("checkpoint_every", 1),
+                ("keep_checkpoints", 1), ("log_every", 1), ("sample_every", 0), ("sample_steps", 1),
+                ("num_samples", 1))]
+            floats += [(p + n, getattr(s, n), 0.0, None, True) for n in ("lr_unet", "lr_new", "lr_swin",
+                                                                          "weight_decay", "grad_clip")]
+            floats += [(p + "vtoff_prob", s.vtoff_prob, 0.0, 1.0, True)]
+            floats += [(f"{p}betas[{k}]", b, 0.0, 1.0, False) for k, b in enumerate(s.betas)]
+            if len(s.betas) != 2:
+                raise ConfigError(f"{p}betas: expected two numbers (Adam's beta1, beta2), got {list(s.betas)}")
+            if s.lr_unet_base is not None:
+                floats.append((p + "lr_unet_base", s.lr_unet_base, 0.0, None, True))
+            if s.ema_decay is not None:
+                floats.append((p + "ema_decay", s.ema_decay, 0.0, 1.0, False))
+        ev = self.eval
+        ints += [("eval.num_inference_steps", ev.num_inference_steps, 1), ("eval.seed", ev.seed, 0),
+                 ("eval.batch_size", ev.batch_size, 1)]
+        if ev.max_items is not None:
+            ints.append(("eval.max_items", ev.max_items, 1))
+        floats.append(("eval.guidance_scale", ev.guidance_scale, 1.0, 100.0, True))
+        if ev.eta is not None:
+            floats.append(("eval.eta", ev.eta, 0.0, 1.0, True))
+        for name, v, lo in ints:
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name}: expected an integer >= {lo}, got {v!r}")
+        for name, v, lo, hi, hi_incl in floats:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
+            if ok and hi is not None:
+                ok = v <= hi if hi_incl else v < hi
+            if not ok:
+                rng = f">= {lo:g}" if hi is None else f"in [{lo:g}, {hi:g}{']' if hi_incl else ')'}"
+                raise ConfigError(f"{name}: expected a number {rng}, got {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

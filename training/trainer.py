@@ -11,9 +11,11 @@ One command runs on one CPU, one GPU, or many GPUs and nodes (``accelerate launc
 * **Exact resume.** A checkpoint (``<stage dir>/checkpoints/step-NNNNNN/``) holds accelerate's state
   (model, optimiser, grad scaler, RNG states) plus ``trainer_state.json`` (step, LR schedule, data
   position), written last so a half-written checkpoint is never picked. Every random draw of a training
-  step comes from a generator seeded by (seed, stage, step, micro-step, rank), and the data order is a
-  permutation per epoch seeded by (seed, epoch): a run killed with SIGKILL and resumed reaches exactly
-  the state of an uninterrupted run.
+  step comes from a generator seeded by (seed, stage, step, micro-step, rank), and so do the draws from
+  the global generators inside it (stochastic depth, dropout: :func:`seeded_rng`); the data order is a
+  permutation per epoch seeded by (seed, epoch) and the DataLoader's own seed is not drawn from the
+  global generator: a run killed with SIGKILL at any step and resumed reaches exactly the state of an
+  uninterrupted run.
 * **Outputs** per stage: ``log.csv`` (losses, learning rates, gradient norm, speed), ``samples/step-N.png``
   (try-on and try-off grids), ``model.safetensors`` (the stage's weights, TWGTM format).
 """
@@ -25,14 +27,16 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 from diffusers import DDPMScheduler
@@ -51,7 +55,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "make_accelerator", "configure_torch", "prepare_data", "build_train_dataset", "build_eval_dataset",
     "model_config", "build_stage1_model", "load_catvton_attention", "TrainingObjective", "ResumableBatchSampler",
-    "train_stage", "stage_model_path", "find_checkpoint", "export_model", "StageResult",
+    "train_stage", "stage_model_path", "find_checkpoint", "export_model", "StageResult", "seeded_rng",
 ]
 
 STATE_FILE = "trainer_state.json"
@@ -82,6 +86,34 @@ def _seed_from(*parts: Any) -> int:
     """A 63-bit seed from any tuple of ints/strings (stable across processes and Python runs)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@contextmanager
+def seeded_rng(seed: int, device: Any = None) -> Iterator[None]:
+    """Run the block with every global random generator seeded by ``seed``: torch's CPU generator, the
+    generator of ``device`` (when it is not the CPU), Python's ``random`` and NumPy's; their previous states
+    are restored afterwards.
+
+    The trainer wraps each micro-step (forward and backward) in it, seeded by (seed, stage, step, micro-step,
+    rank): draws that do not take the step's explicit generator, e.g. timm Swin's stochastic depth
+    (``drop_path``) or any ``nn.Dropout``, are then a pure function of the step, so a run resumed from a
+    checkpoint draws exactly what the uninterrupted run drew (whatever the global state at the checkpoint).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    accel = [dev] if dev.type != "cpu" else []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=accel, device_type=dev.type if accel else "cuda"):
+        torch.default_generator.manual_seed(seed)
+        if accel:
+            with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext():
+                getattr(torch, dev.type).manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -164,12 +196,26 @@ class ResumableBatchSampler:
 
 
 def prepare_data(run: RunConfig, accelerator) -> None:
-    """Generate the synthetic set once (main process) if the run uses one and it is not there yet."""
+    """Generate the synthetic set once (main process) if the run uses one and it is not there yet; a set there
+    generated with other parameters (``synthetic.json``) is a ConfigError, never silently reused."""
     spec = run.data.synthetic
     if spec is None:
         return
     root = Path(run.resolve(spec.root))
-    if accelerator.is_main_process and not (root / "synthetic.json").is_file():
+    summary = root / "synthetic.json"
+    if accelerator.is_main_process and summary.is_file():  # generated before: reused only if it is this config's
+        try:
+            made = json.loads(summary.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            made = {}
+        want = {"n_train": spec.n_train, "n_test": spec.n_test, "height": spec.height, "width": spec.width,
+                "seed": spec.seed, "categories": list(spec.categories)}
+        differ = {k: made.get(k) for k, v in want.items() if made.get(k) != v}
+        if differ:
+            raise ConfigError(f"data.synthetic: {str(root)!r} holds a synthetic set generated with {differ}, the "
+                              f"config asks for {({k: want[k] for k in differ})}; delete that folder (it is "
+                              f"regenerated) or set data.synthetic.root to another folder")
+    if accelerator.is_main_process and not summary.is_file():
         from .synthetic import generate
 
         t0 = time.perf_counter()
@@ -556,8 +602,11 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     world, rank = accelerator.num_processes, accelerator.process_index
     sampler = ResumableBatchSampler(len(dataset), s.batch_size, seed=run.seed, start=step * s.grad_accum,
                                     rank=rank, world=world, hflip=run.data.hflip)
+    # the loader's own seed (its workers' base seed) comes from a seeded generator, not the global one; the items
+    # themselves are a pure function of their key (index, flip), so workers need no further seeding
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
-                        persistent_workers=run.data.num_workers > 0)
+                        persistent_workers=run.data.num_workers > 0,
+                        generator=torch.Generator().manual_seed(_seed_from("loader", run.seed, stage, rank)))
     batches = iter(loader)
     sample_items = _sample_items(run, raw_model.config, s) if accelerator.is_main_process and s.sample_every else None
 
@@ -575,7 +624,8 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
             batch = next(batches)
             seed = _seed_from("step", run.seed, stage, step, micro, rank)
             sync = micro == s.grad_accum - 1
-            with (nullcontext() if sync or world == 1 else accelerator.no_sync(objective)):
+            with seeded_rng(_seed_from("global-rng", run.seed, stage, step, micro, rank), accelerator.device), \
+                    (nullcontext() if sync or world == 1 else accelerator.no_sync(objective)):
                 parts = objective(batch, seed)
                 accelerator.backward(parts["loss"] / s.grad_accum)
             sums += torch.stack([parts[k].detach().float().cpu()
