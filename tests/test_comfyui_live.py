@@ -7,12 +7,18 @@ pytest). See shared/tools/comfyhost/README.md for a CPU set-up. The server gets 
 (``--base-directory``) holding a symlink to this pack in ``custom_nodes/``, a tiny random TWGTM checkpoint
 under the example file name in ``models/twgtm/`` and the example inputs in ``input/``. Unless
 ``OMP_NUM_THREADS`` is set, the server runs single-threaded (the tiny model is fastest that way).
+
+The frontend check (``test_ui_workflow_loads_in_the_real_frontend``) also needs Node.js, Chromium
+(``CHROMIUM``, default: ``chromium`` on PATH), playwright-core on ``NODE_PATH`` and ``ui_check.js`` from
+``COMFYHOST`` (``install_host.sh DEST --ui`` provides all of them; ``source DEST/env.sh`` sets the variables).
+Every test here is marked ``comfyui``; with ``TWGTM_REQUIRE_COMFYUI=1`` (set by ``.ci/run``) a skip is a failure.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_stubs  # noqa: E402
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these tests")
+pytestmark = [pytest.mark.comfyui,
+              pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these tests")]
 
 WORKFLOWS = comfy_stubs.PACK_ROOT / "workflows"
 INPUTS = WORKFLOWS / "example_inputs"
 NAMES = ["twgtm_try_on", "twgtm_try_off", "twgtm_round_trip"]
+UI_NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json") if not p.stem.endswith("_api"))  # every UI workflow
 PACK_LINK = "ComfyUI-TWGTM"
 EXAMPLE_CHECKPOINT = "twgtm_synthetic_tiny.safetensors"  # nodes/loader.py EXAMPLE_CHECKPOINT
 NOT_TWGTM = "sd15_inpainting.safetensors"
@@ -160,6 +168,39 @@ def saved_files(server: Server, entry: dict) -> dict[str, list[Path]]:
     for node_id, outputs in entry.get("outputs", {}).items():
         out[node_id] = [server.base / it["type"] / it["subfolder"] / it["filename"] for it in outputs.get("images", [])]
     return out
+
+
+# ----------------------------------------------------------------------------- frontend
+def _frontend_tools() -> tuple[str, str, Path]:
+    """node, chromium and ui_check.js (with playwright-core on NODE_PATH), or a skip that names what is missing."""
+    node = shutil.which("node")
+    chromium = shutil.which(os.environ.get("CHROMIUM", "chromium"))
+    host = os.environ.get("COMFYHOST")
+    script = Path(host) / "ui_check.js" if host else None
+    node_path = [p for p in os.environ.get("NODE_PATH", "").split(os.pathsep) if p]
+    missing = [what for what, ok in [
+        ("node on PATH", node), ("chromium (set CHROMIUM or put it on PATH)", chromium),
+        ("COMFYHOST with ui_check.js", script and script.is_file()),
+        ("playwright-core on NODE_PATH", any((Path(p) / "playwright-core").is_dir() for p in node_path)),
+    ] if not ok]
+    if missing:
+        pytest.skip("frontend check needs " + ", ".join(missing) + " (install_host.sh DEST --ui; source DEST/env.sh)")
+    return node, chromium, script
+
+
+@pytest.mark.parametrize("name", UI_NAMES)
+def test_ui_workflow_loads_in_the_real_frontend(server, name, tmp_path):
+    """The shipped UI workflow in ComfyUI's own frontend (headless Chromium): every node type known, no load or
+    page errors, and the frontend's API export is the shipped ``*_api.json`` twin."""
+    node, chromium, script = _frontend_tools()
+    api_out = tmp_path / "api.json"
+    proc = subprocess.run([node, str(script), "--url", server.url, "--workflow", str(WORKFLOWS / f"{name}.json"),
+                           "--chromium", chromium, "--api-out", str(api_out), "--timeout-ms", "120000"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"ui_check.js exit {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads(proc.stdout)
+    assert report["missing"] == [] and report["placeholders"] == [] and report["loadError"] is None, report
+    assert json.loads(api_out.read_text()) == load(f"{name}_api")
 
 
 # ----------------------------------------------------------------------------- tests
