@@ -69,10 +69,19 @@ def build_components(cfg: TWGTMConfig, *, device: str | torch.device = "cpu", dt
             for proc in comps.extended_attention_processors().values():
                 nn.init.normal_(proc.zll.weight, std=0.02)
                 nn.init.normal_(proc.zll.bias, std=0.02)
-    comps.to(device=device, dtype=dtype)
+    place(comps, device)
     for module in comps.modules().values():
+        if dtype != torch.get_default_dtype():
+            module.to(dtype)
         module.requires_grad_(False)  # FlopCounterMode's module tracker trips on leaves that require grad
     return comps.eval()
+
+
+def place(components: TWGTMComponents, device: str | torch.device) -> None:
+    """Every component to ``device``. Not ``components.to(device)``: it passes ``dtype=None``, and diffusers'
+    ``ModelMixin.to`` warns ("should be kept in float32") about any ``dtype`` keyword, even None."""
+    for module in components.modules().values():
+        module.to(device)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,5 +242,5 @@ def model_cpu_offload(components: TWGTMComponents, device: str | torch.device,
     try:
         yield pipe
     finally:
-        components.to(device)
+        place(components, device)
 

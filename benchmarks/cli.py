@@ -59,8 +59,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise InputError("--device: expected 'cpu' on a machine without CUDA, got 'cuda'")
     report: dict[str, Any] = {"machine": machine_info(), "options": vars(args)}
     report["flops"] = flop_report(args.config or "full", sizes, args.steps, cfg_on=args.guidance_scale > 1.0)
-    meta = build_components(make_config(args.config or "full"), device="meta", dtype=torch.bfloat16)
-    report["weights_gib_bf16"] = weights_gib(meta)  # exact parameter + buffer bytes, no allocation
+    meta = build_components(make_config(args.config or "full"), device="meta")
+    report["weights_gib_bf16"] = weights_gib(meta, torch.bfloat16)  # exact parameter + buffer bytes, no allocation
     report["timing"] = None
     if not args.flops_only:
         config = args.config or ("full" if device == "cuda" else "tiny")

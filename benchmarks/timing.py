@@ -76,14 +76,18 @@ def measure(fn: Callable[[], Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
-def weights_gib(components: TWGTMComponents) -> dict[str, float]:
-    """Parameter + buffer memory per component at its dtype (GiB); the reference-encoder parts are 0 for
-    the baseline."""
+def weights_gib(components: TWGTMComponents, dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Parameter + buffer memory per component (GiB) at their dtype, or as if cast to ``dtype`` (floating-point
+    tensors only, as ``Module.to(dtype)`` casts); the reference-encoder parts are 0 for the baseline."""
+    def nbytes(t: torch.Tensor) -> int:
+        itemsize = dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size()
+        return t.numel() * itemsize
+
     def size(module: nn.Module | None, skip: Callable[[str], bool] = lambda n: False) -> float:
         if module is None:
             return 0.0
         tensors = [t for n, t in list(module.named_parameters()) + list(module.named_buffers()) if not skip(n)]
-        return sum(t.numel() * t.element_size() for t in tensors) / GIB
+        return sum(nbytes(t) for t in tensors) / GIB
 
     unet, ref = components.unet, components.reference_encoder
     sam = ref.sam if ref is not None else None

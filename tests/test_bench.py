@@ -1,10 +1,12 @@
 """Performance benchmark (benchmarks/): the levers keep outputs equal, the FLOP model matches the pipeline,
 the cases are the library's own calls (nothing patched), the targets are reported as pass / fail."""
 import copy
+import importlib.util
 import json
 import math
 import runpy
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -305,3 +307,22 @@ def test_weights_split(comps):
     assert w["extended_attention"] > 0 and w["baseline"] == pytest.approx(w["unet"] + w["vae"])
     base = timing.weights_gib(TWGTMComponents(comps.config, comps.unet, comps.vae, None))
     assert base["clip_vision"] == base["srm"] == base["decoder"] == 0.0 and base["total"] < w["total"]
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path, capsys):
+    """scripts/gpu_check.py runs only on rare GPU sessions: its CPU dry run (tiny config) keeps it working."""
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu_check.json"
+    argv = ["--device", "cpu", "--dtype", "fp32", "--steps", "1", "--repeats", "1", "--warmup", "0", "--step-iters",
+            "1", "--no-channels-last", "--out", str(out)]
+    assert gpu_check.main(argv) == 0
+    capsys.readouterr()
+    report = json.loads(out.read_text())
+    errors = {k: v for k, v in report.items() if isinstance(v, dict) and ("error" in v or "skipped" in v)}
+    assert not errors
+    assert set(report["cases"]) == {"baseline", "tryon", "tryoff", "tryon_naive", "tryon_offload_encoders"}
+    assert set(report["targets"]) == {t.name for t in targets.TARGETS}
+    assert report["targets"]["time_ratio_tryon"]["value"] > 0 and report["targets"]["time_ratio_tryon"]["met"] is None
