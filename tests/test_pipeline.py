@@ -4,6 +4,7 @@ import torch
 
 from conftest import make_tiny_model
 from twgtm.errors import InputError
+from twgtm.images import as_mask_batch
 from twgtm.pipeline import TWGTMPipeline
 
 STEPS = 3
@@ -97,7 +98,7 @@ def test_eta_is_a_per_call_option(pipe, images):
     assert torch.equal(run(), run(eta=1.0)), "None means the config's eta"
     assert not torch.equal(run(), run(eta=0.0))
     assert pipe.config.eta == 1.0, "the call does not change the config"
-    with pytest.raises(InputError, match="eta: expected a float >= 0"):
+    with pytest.raises(InputError, match=r"eta: expected a float in \[0, 1\]"):
         run(eta=-0.5)
 
 
@@ -179,6 +180,35 @@ def test_strength(pipe, images):
     assert out.images.shape == person.shape
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("method", ["try_on", "try_off"])
+def test_batch_items_equal_single_calls_with_seed_plus_index(pipe, images, method, eta):
+    """Each item has its own generators (initial and per-step noise): item i of a batch == a call with seed s + i."""
+    person, garment, mask = images
+    assert not torch.equal(person[0], person[1])
+
+    def call(p, m, generator):
+        if method == "try_on":
+            return pipe.try_on(p, garment, m, "upper", num_inference_steps=STEPS, generator=generator, eta=eta).images
+        return pipe.try_off(p, "upper", num_inference_steps=STEPS, generator=generator, eta=eta).images
+
+    batch = call(person, mask, 5)
+    one0, one1 = call(person[:1], mask[:1], 5), call(person[1:], mask[1:], 6)
+    assert torch.allclose(batch[0], one0[0], atol=1e-5), float((batch[0] - one0[0]).abs().max())
+    assert torch.allclose(batch[1], one1[0], atol=1e-5), float((batch[1] - one1[0]).abs().max())
+    same = call(person[:1].expand(2, -1, -1, -1), mask[:1].expand(2, -1, -1, -1), 5)
+    assert torch.allclose(same[0], one0[0], atol=1e-5), "a batch of one person equals the single call"
+    gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+    assert torch.allclose(call(person, mask, gens), batch, atol=1e-6), "a list of generators, one per item"
+
+
+def test_a_single_torch_generator_seeds_the_batch(pipe, images):
+    person, garment, mask = images
+    run = lambda g: pipe.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=g).images  # noqa: E731
+    seed = int(torch.randint(0, 2 ** 63 - 1, (1,), generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(run(torch.Generator().manual_seed(3)), run(seed)), "one seed drawn from it, then seed + i"
+
+
 def test_input_conversions(pipe, images):
     person, garment, mask = images
     gray = person.mean(1, keepdim=True)
@@ -186,8 +216,12 @@ def test_input_conversions(pipe, images):
     a = pipe.try_on(gray, rgba, mask[0, 0], "upper_body", num_inference_steps=2, generator=0)
     b = pipe.try_on(gray.repeat(1, 3, 1, 1), garment, mask, "upper", num_inference_steps=2, generator=0)
     assert torch.equal(a.images, b.images)
-    small_mask = torch.nn.functional.interpolate(mask, size=(35, 25), mode="nearest")
-    assert pipe.try_on(person, garment, small_mask, "upper", num_inference_steps=2, generator=0).images.shape == person.shape
+    small_mask = torch.zeros(2, 1, 35, 25)
+    small_mask[..., 5:20, 8:20] = 1
+    out = pipe.try_on(person, garment, small_mask, "upper", num_inference_steps=2, generator=0).images
+    resized = as_mask_batch(small_mask, "mask", (70, 50), 2).expand_as(person) == 1
+    assert torch.equal(out[~resized], person[~resized]), "the mask is resized to the person and pasted back outside"
+    assert (out[resized] - person[resized]).abs().mean() > 1e-3, "and the resized region is generated"
 
 
 @pytest.mark.parametrize("kwargs, match", [
