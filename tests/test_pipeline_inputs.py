@@ -71,6 +71,7 @@ def test_output_size_accepts_lists_and_sizes(pipe, images, method):
     (dict(guidance_scale=float("nan")), r"guidance_scale: expected a float in \[1, 100\].*got nan"),
     (dict(strength=None), r"strength: expected a float in \(0, 1\].*got None"),
     (dict(strength="0.5"), r"strength: expected a float in \(0, 1\].*got '0.5'"),
+    (dict(strength=1e-3, num_inference_steps=3), r"strength: expected at least num_inference_steps / 999"),
     (dict(num_inference_steps=2.0), r"num_inference_steps: expected an int in \[1, 999\], got 2.0"),
     (dict(scheduler=None), r"scheduler: expected one of .*got None"),
     (dict(paste_back="yes"), r"paste_back: expected True or False, got 'yes'"),

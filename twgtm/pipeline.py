@@ -5,7 +5,10 @@ resized-and-padded to the model aspect and the result is restored to the input s
 bodies are never stretched. For try-on the pixels outside the mask are pasted back from the input by
 default (``paste_back=True``), so they are bit-identical to the input.
 
-Each batch item has its own noise generator, so item i of a batch equals a single call with seed + i.
+Sampling (docs/DESIGN.md, "Timesteps, denoise and seeds"): every scheduler uses "trailing" timesteps, so the
+first step is at t = T (pure noise) for any step count; ``strength`` follows ComfyUI's denoise (the last
+``num_inference_steps`` of a schedule of ``round(steps / strength)``); and each batch item has its own noise
+generator, so item i of a batch equals a single call with seed + i.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ SCHEDULERS = {
     "ddpm": DDPMScheduler,
 }
 
+TIMESTEP_SPACING = "trailing"  # the first timestep is always num_train_timesteps - 1 (docs/DESIGN.md)
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed accepts
 
 Callback = Callable[[int, int, torch.Tensor], None]
@@ -60,12 +64,38 @@ def scheduler_key(name) -> str:
 
 
 def make_scheduler(name: str, config: dict):
-    """A fresh scheduler per call (no state shared between runs, so an interrupted run harms nothing)."""
+    """A fresh scheduler per call (no state shared between runs, so an interrupted run harms nothing).
+
+    Every scheduler is made here, with ``timestep_spacing="trailing"``: its first timestep is
+    ``num_train_timesteps - 1`` for any number of steps, so even one step starts from pure noise at t = T
+    (the default "leading" spacing of DDIM/DDPM starts 1 step at t = 1 and Euler's "linspace" at t = 0).
+    """
     key = scheduler_key(name)
-    kwargs = dict(config)
+    kwargs = dict(config, timestep_spacing=TIMESTEP_SPACING)
     if key == "dpm++":
         kwargs.update(algorithm_type="dpmsolver++", solver_order=2)
     return SCHEDULERS[key].from_config(kwargs)
+
+
+def schedule_length(steps: int, strength: float) -> int:
+    """How many timesteps the schedule has for ``steps`` model calls at ``strength`` (ComfyUI's denoise)."""
+    return max(steps, round(steps / strength))
+
+
+def denoise_timesteps(sched, steps: int, strength: float, device=None) -> tuple[torch.Tensor, bool]:
+    """Set ``sched``'s timesteps for ``steps`` calls at ``strength``; return the timesteps to run and whether
+    the run starts from the noised input (True) or from pure noise (False).
+
+    ComfyUI's denoise convention: the schedule is made for ``round(steps / strength)`` steps and only its last
+    ``steps`` are run, so exactly ``steps`` model calls happen, for any step count, and the first one is at
+    about ``strength * T`` (trailing spacing: ``round(steps / total * T) - 1``).
+    """
+    total = schedule_length(steps, strength)
+    sched.set_timesteps(total, device=device)
+    skip = (total - steps) * sched.order
+    if skip and hasattr(sched, "set_begin_index"):  # multistep / sigma schedulers: start mid-schedule
+        sched.set_begin_index(skip)
+    return sched.timesteps[skip:], skip > 0
 
 
 def item_generators(generator, batch: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
@@ -211,6 +241,11 @@ class TWGTMPipeline:
         strength_f = _real(strength, "strength", expected)
         if not 0.0 < strength_f <= 1.0:
             raise InputError(f"strength: expected {expected}, got {strength!r}")
+        total = schedule_length(steps, strength_f)
+        if total > max_steps:
+            raise InputError(f"strength: expected at least num_inference_steps / {max_steps} = {steps / max_steps:.4g} "
+                             f"(the schedule has round(steps / strength) timesteps, at most {max_steps}), "
+                             f"got {strength!r} with num_inference_steps={steps} ({total} timesteps)")
         key = scheduler_key(scheduler)
         size = as_output_size(output_size)
         _flag(paste_back, "paste_back")
@@ -276,13 +311,10 @@ class TWGTMPipeline:
 
         # 4. timesteps and starting latents (the reference half is generated too)
         sched = make_scheduler(opts.scheduler, cfg.scheduler)
-        sched.set_timesteps(steps, device=dev)
-        timesteps = sched.timesteps
+        timesteps, from_input = denoise_timesteps(sched, steps, strength, device=dev)
         shape = e_ref.shape[:1] + e_ref.shape[1:2] + cond.mask.shape[2:]
         noise = randn_tensor(shape, generator=generators, device=dev, dtype=torch.float32)  # item i: generators[i]
-        if strength < 1.0:
-            start = steps - max(1, int(round(steps * strength)))
-            timesteps = timesteps[start * sched.order:]
+        if from_input:
             z0 = concat_halves(encode(target), e_ref, cfg.concat_dim).float()
             latents = sched.add_noise(z0, noise, timesteps[:1].repeat(b))
         else:
@@ -333,10 +365,13 @@ class TWGTMPipeline:
             generator: int seed, a list of ``torch.Generator`` (one per person), a ``torch.Generator`` or None
                 (random). Each person has its own noise: with an int seed ``s`` person ``i`` uses ``s + i``, so
                 it gets exactly what a single call with seed ``s + i`` gives (see :func:`item_generators`).
-            scheduler: "ddim" (default), "dpm++", "euler" or "ddpm".
+            scheduler: "ddim" (default), "dpm++", "euler" or "ddpm"; every one works from 1 step (the first
+                step is at t = T, "trailing" timesteps).
             output_size: (H, W) of the result, two ints >= 1; default the person's size.
             paste_back: copy pixels outside the mask from ``person`` (bit-identical), default on.
-            strength: in (0, 1]; 1 starts from pure noise; lower keeps more of the person inside the mask.
+            strength: in (0, 1], ComfyUI's denoise. 1 starts from pure noise; below 1 the schedule is made for
+                ``round(steps / strength)`` steps and its last ``num_inference_steps`` run from the person
+                noised to about ``strength * T``, so lower keeps more of the person inside the mask.
             callback: ``callback(step, total, latents)`` after every step; raise in it to cancel.
 
         Raises:
