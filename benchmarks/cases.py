@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn as nn
+from diffusers.utils.torch_utils import randn_tensor
 
 from twgtm.attention import ATTN1_SUFFIX, model_output, precompute_srm_kv
 from twgtm.components import TWGTMComponents
@@ -32,7 +33,7 @@ from twgtm.errors import ConfigError, InputError
 from twgtm.images import as_image_batch, as_mask_batch
 from twgtm.latents import (LatentCondition, build_condition, target_half, unconditional, unet_input, vae_decode,
                            vae_encode)
-from twgtm.pipeline import TWGTMPipeline
+from twgtm.pipeline import TWGTMPipeline, denoise_timesteps, item_generators
 from twgtm.schedulers import make_scheduler
 
 CONFIGS = ("full", "tiny")
@@ -95,9 +96,9 @@ def baseline_pipeline(components: TWGTMComponents) -> TWGTMPipeline:
 def baseline_context(components: TWGTMComponents, batch: int) -> torch.Tensor:
     """The baseline's cross-attention context for one UNet step: zeros of the F_SAM shape (B, 1 + N, D), as
     :class:`~twgtm.pipeline.TWGTMPipeline` uses without a reference encoder."""
-    cfg, unet = components.config, components.unet
-    return torch.zeros(batch, 1 + cfg.qformer.num_queries, cfg.cross_attention_dim, device=unet.device,
-                       dtype=unet.dtype)
+    unet = components.unet
+    ctx = TWGTMPipeline(unet, components.vae, None, components.config).baseline_features(batch).sam.f_sam
+    return ctx.to(device=unet.device, dtype=unet.dtype)
 
 
 class SkipAttnProcessor:
@@ -138,14 +139,6 @@ def naive_srm_inputs(f_srm: dict[int, torch.Tensor], rows: slice, batch: int,
     return full, gate
 
 
-def _generator(generator) -> torch.Generator:
-    if isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        return torch.Generator("cpu").manual_seed(generator)
-    raise InputError(f"generator: expected an int seed or a torch.Generator, got {type(generator).__name__}")
-
-
 @torch.no_grad()
 def try_on_loop(components: TWGTMComponents, person: torch.Tensor, garment: torch.Tensor, mask: torch.Tensor,
                 category: str | Sequence[str], *, num_inference_steps: int, guidance_scale: float, generator,
@@ -174,7 +167,7 @@ def try_on_loop(components: TWGTMComponents, person: torch.Tensor, garment: torc
     mask = as_mask_batch(mask, "mask", size, b)
     cats = [category] * b if isinstance(category, str) else list(category)
     cat_idx = torch.tensor([cfg.categories.index(canonical_category(c)) for c in cats], dtype=torch.long)
-    generator = _generator(generator)
+    generators = item_generators(generator, b, unet.device)
     eta = cfg.eta if eta is None else float(eta)
     target, reference = person.float() * 2.0 - 1.0, garment.float() * 2.0 - 1.0
 
@@ -206,14 +199,14 @@ def try_on_loop(components: TWGTMComponents, person: torch.Tensor, garment: torc
 
     # 5. timesteps and starting latents
     sched = make_scheduler(scheduler, cfg.scheduler)
-    sched.set_timesteps(num_inference_steps, device=dev)
+    timesteps, _ = denoise_timesteps(sched, num_inference_steps, 1.0, device=dev)
     shape = e_ref.shape[:1] + e_ref.shape[1:2] + cond.mask.shape[2:]
-    latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(dev) * sched.init_noise_sigma
+    latents = randn_tensor(shape, generator=generators, device=dev, dtype=torch.float32) * sched.init_noise_sigma
     params = set(inspect.signature(sched.step).parameters)
-    extra = {k: v for k, v in (("eta", eta), ("generator", generator)) if k in params}
+    extra = {k: v for k, v in (("eta", eta), ("generator", generators)) if k in params}
 
     # 6. denoising loop
-    for t in sched.timesteps:
+    for t in timesteps:
         z_in = sched.scale_model_input(latents, t)
         if do_cfg:
             z_in = torch.cat([z_in, z_in])

@@ -57,7 +57,7 @@ def test_baseline_is_the_same_pipeline_without_a_reference_encoder(images):
 
     set_plain_processors(stage1.unet)
     full = TWGTMPipeline.from_components(stage1)
-    full.reference_features = lambda ref, idx, with_srm=None: base._baseline_features(ref.shape[0])
+    full.reference_features = lambda ref, idx, with_srm=None: base.baseline_features(ref.shape[0])
     assert torch.equal(full.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=0).images, out)
     with_ref = TWGTMPipeline.from_components(c).try_on(person, garment, mask, "upper", num_inference_steps=2,
                                                        generator=0).images

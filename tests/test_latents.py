@@ -114,3 +114,37 @@ def test_square_region_sampler():
     assert 0 < int(full.sum()) < 16  # some full canvases, not all
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(sample_square_region(mc, g1), sample_square_region(mc, g2))
+
+
+def test_mask_to_latent_never_loses_a_non_empty_mask():
+    """Nearest sampling misses regions smaller than a cell; the resize then keeps every covered cell instead."""
+    from twgtm.latents import mask_to_latent
+
+    for y, x in [(0, 0), (3, 5), (31, 20), (63, 47), (17, 9)]:
+        m = torch.zeros(1, 1, 64, 48)
+        m[..., y, x] = 1
+        lat = mask_to_latent(m, (8, 6))
+        assert lat.sum() == 1 and lat[0, 0, y // 8, x // 8] == 1, (y, x)
+    thin = torch.zeros(2, 1, 64, 48)
+    thin[0, :, 31, :] = 1  # one row between the rows nearest sampling reads
+    thin[1, :, :, 13] = 1
+    lat = mask_to_latent(thin, (8, 6))
+    assert torch.equal(lat[0, 0, 3], torch.ones(6)) and lat[0].sum() == 6
+    assert torch.equal(lat[1, 0, :, 1], torch.ones(8)) and lat[1].sum() == 8
+    assert mask_to_latent(torch.zeros(1, 1, 64, 48), (8, 6)).sum() == 0, "an empty mask stays empty"
+
+
+def test_mask_resize_is_nearest_when_nothing_is_lost():
+    from twgtm.images import resize_mask
+    from twgtm.latents import mask_to_latent
+
+    g = torch.Generator().manual_seed(0)
+    m = (torch.rand(3, 1, 64, 48, generator=g) > 0.7).float()
+    m[2] = 0
+    m[2, :, 10:40, 8:30] = 1
+    near = torch.nn.functional.interpolate(m, size=(8, 6), mode="nearest")
+    assert torch.equal(mask_to_latent(m, (8, 6)), near), "ordinary masks are unchanged"
+    up = resize_mask(m, (128, 96))
+    assert torch.equal(up, torch.nn.functional.interpolate(m, size=(128, 96), mode="nearest"))
+    assert resize_mask(m.bool(), (8, 6)).dtype == torch.bool
+    assert torch.equal(resize_mask(m * 0.6, (64, 48)), m), "binarised at 0.5"

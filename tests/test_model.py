@@ -9,7 +9,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from conftest import make_tiny_model
 from training.losses import dice_loss, mask_loss
 from training.objective import TrainingObjective, spec_parameter_groups
-from twgtm.attention import ExtendedAttnProcessor, attn1_names, level_from_name, model_output, precompute_srm_kv
+from twgtm.attention import attn1_names, level_from_name, model_output, precompute_srm_kv
 from twgtm.config import TWGTMConfig
 
 
@@ -184,18 +184,29 @@ def test_prediction_types_train_on_consistent_targets(monkeypatch):
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler", "ddpm"])
-def test_sample_prediction_runs_with_every_scheduler(scheduler):
-    from twgtm.pipeline import TWGTMPipeline
+@pytest.mark.parametrize("kind", ["sample", "v_prediction"])
+def test_prediction_types_run_with_every_scheduler(scheduler, kind, monkeypatch):
+    """Every scheduler reads the config's prediction_type (the one it is made with), and each name is its own."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    import twgtm.pipeline as pipeline_mod
 
     m = make_tiny_model(0)
-    m.config.scheduler = dict(m.config.scheduler, prediction_type="sample")
+    m.config.scheduler = dict(m.config.scheduler, prediction_type=kind)
+    made = []
+    real = pipeline_mod.make_scheduler
+    monkeypatch.setattr(pipeline_mod, "make_scheduler", lambda *a: made.append(real(*a)) or made[-1])
     g = torch.Generator().manual_seed(0)
     person, garment = torch.rand(1, 3, 64, 48, generator=g), torch.rand(1, 3, 64, 48, generator=g)
     mask = torch.zeros(1, 1, 64, 48)
     mask[..., 16:48, 8:40] = 1
-    out = TWGTMPipeline.from_components(m).try_on(person, garment, mask, "upper", num_inference_steps=3, generator=0,
-                                  scheduler=scheduler).images
+    out = pipeline_mod.TWGTMPipeline.from_components(m).try_on(person, garment, mask, "upper", num_inference_steps=3,
+                                                               generator=0, scheduler=scheduler).images
     assert torch.isfinite(out).all() and out.shape == (1, 3, 64, 48)
+    want = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+            "ddpm": DDPMScheduler}[scheduler]
+    assert [type(s) for s in made] == [want]
+    assert made[0].config.prediction_type == kind and made[0].config.timestep_spacing == "trailing"
 
 
 def test_model_runs_in_bf16():

@@ -1,17 +1,24 @@
 """The public pipeline: try_on, try_off, predict_garment_mask (invariants 12, 13; goldens; bad input)."""
 import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+import twgtm.pipeline as pipeline_mod
 from conftest import make_tiny_model
 from twgtm.errors import InputError
+from twgtm.images import as_mask_batch
+from twgtm.latents import target_half, vae_decode, vae_encode
 from twgtm.pipeline import TWGTMPipeline
+from twgtm.schedulers import make_scheduler
 
 STEPS = 3
+SCHEDULER_CLASSES = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+                     "ddpm": DDPMScheduler}
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return TWGTMPipeline(make_tiny_model(0))
+    return TWGTMPipeline.from_components(make_tiny_model(0))
 
 
 def test_try_on_shapes_paste_back_and_aspect(pipe, images):
@@ -80,14 +87,14 @@ def test_try_off_predicted_mask_region(pipe, images):
 def test_latent_shift_round_trip():
     model = make_tiny_model(0)
     x = torch.rand(2, 3, 64, 48) * 2 - 1
-    z0 = model.encode_images(x)
+    z0 = vae_encode(model.vae, x, model.config)
     model.config.shift_factor = [0.5, -0.25, 1.0, 0.0]
-    z1 = model.encode_images(x)
+    z1 = vae_encode(model.vae, x, model.config)
     shift = torch.tensor([0.5, -0.25, 1.0, 0.0]).view(1, 4, 1, 1) * model.config.scaling_factor
     assert torch.allclose(z1, z0 - shift, atol=1e-5), "z = (E(x) - shift) * scale"
-    decoded_shifted = model.decode_latents(z1)
+    decoded_shifted = vae_decode(model.vae, z1, model.config)
     model.config.shift_factor = 0.0
-    assert torch.allclose(decoded_shifted, model.decode_latents(z0), atol=1e-5), "decode inverts the shift"
+    assert torch.allclose(decoded_shifted, vae_decode(model.vae, z0, model.config), atol=1e-5), "decode inverts the shift"
 
 
 def test_eta_is_a_per_call_option(pipe, images):
@@ -97,7 +104,7 @@ def test_eta_is_a_per_call_option(pipe, images):
     assert torch.equal(run(), run(eta=1.0)), "None means the config's eta"
     assert not torch.equal(run(), run(eta=0.0))
     assert pipe.config.eta == 1.0, "the call does not change the config"
-    with pytest.raises(InputError, match="eta: expected a float >= 0"):
+    with pytest.raises(InputError, match=r"eta: expected a float in \[0, 1\]"):
         run(eta=-0.5)
 
 
@@ -109,31 +116,28 @@ def test_seeding(pipe, images):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_guidance_scale_one_skips_unconditional_pass(pipe, images):
+def test_guidance_scale_one_skips_unconditional_pass(pipe, images, monkeypatch):
     person, garment, mask = images
     calls = []
-    orig = pipe.model.predict_noise
+    orig = pipeline_mod.model_output
 
-    def spy(x, *a, **k):
+    def spy(unet, x, *a, **k):
         calls.append(x.shape[0])
-        return orig(x, *a, **k)
+        return orig(unet, x, *a, **k)
 
-    pipe.model.predict_noise = spy
-    try:
-        one = pipe.try_on(person, garment, mask, "upper", num_inference_steps=STEPS, guidance_scale=1.0, generator=0)
-        assert calls == [2] * STEPS, "batch 2, no CFG doubling"
-        calls.clear()
-        pipe.try_on(person, garment, mask, "upper", num_inference_steps=STEPS, guidance_scale=2.5, generator=0)
-        assert calls == [4] * STEPS
-    finally:
-        del pipe.model.predict_noise
+    monkeypatch.setattr(pipeline_mod, "model_output", spy)
+    one = pipe.try_on(person, garment, mask, "upper", num_inference_steps=STEPS, guidance_scale=1.0, generator=0)
+    assert calls == [2] * STEPS, "batch 2, no CFG doubling"
+    calls.clear()
+    pipe.try_on(person, garment, mask, "upper", num_inference_steps=STEPS, guidance_scale=2.5, generator=0)
+    assert calls == [4] * STEPS
     assert one.images.shape == person.shape
 
 
 def test_features_computed_once_per_call(pipe, images):
     person, garment, mask = images
     counts = {"sam": 0, "srm": 0, "decoder": 0}
-    hooks = [getattr(pipe.model, name).register_forward_hook(lambda *a, n=name: counts.__setitem__(n, counts[n] + 1))
+    hooks = [getattr(pipe.reference_encoder, name).register_forward_hook(lambda *a, n=name: counts.__setitem__(n, counts[n] + 1))
              for name in counts]
     try:
         pipe.try_on(person, garment, mask, "upper", num_inference_steps=4, generator=0)
@@ -145,11 +149,121 @@ def test_features_computed_once_per_call(pipe, images):
             h.remove()
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
-def test_schedulers(pipe, images, scheduler):
+def _spy_unet(pipe, monkeypatch):
+    """Record (timestep, UNet input) of every call."""
+    calls = []
+    real = pipeline_mod.model_output
+
+    def spy(unet, x, t, *a, **k):
+        calls.append((float(t), x.detach().clone()))
+        return real(unet, x, t, *a, **k)
+
+    monkeypatch.setattr(pipeline_mod, "model_output", spy)
+    return calls
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULER_CLASSES))
+def test_schedulers(pipe, images, scheduler, monkeypatch):
+    """Each name is its own diffusers scheduler, and the pipeline samples with exactly that one."""
+    assert type(make_scheduler(scheduler, pipe.config.scheduler)) is SCHEDULER_CLASSES[scheduler]
+    made = []
+    real = pipeline_mod.make_scheduler
+    monkeypatch.setattr(pipeline_mod, "make_scheduler", lambda *a: made.append(real(*a)) or made[-1])
     person, garment, mask = images
     out = pipe.try_on(person[:1], garment, mask[:1], "lower", num_inference_steps=STEPS, generator=0, scheduler=scheduler)
     assert torch.isfinite(out.images).all()
+    assert [type(s) for s in made] == [SCHEDULER_CLASSES[scheduler]]
+
+
+def test_schedulers_give_different_results(pipe, images):
+    person, garment, mask = images
+    outs = {name: pipe.try_on(person[:1], garment, mask[:1], "upper", num_inference_steps=STEPS, generator=0, eta=0.0,
+                              scheduler=name).images for name in SCHEDULER_CLASSES}
+    names = sorted(outs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert (outs[a] - outs[b]).abs().max() > 1e-4, f"{a} and {b} sample alike"
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULER_CLASSES))
+def test_first_timestep_is_T_for_every_step_count(pipe, scheduler):
+    """Trailing timesteps: step 1 is always at t = T - 1 (pure noise), so few-step sampling starts from noise."""
+    T = pipe.config.scheduler["num_train_timesteps"]
+    for steps in [*range(1, 31), 40, 50, 100, 250, 500, 999]:
+        sched = make_scheduler(scheduler, pipe.config.scheduler)
+        sched.set_timesteps(steps)
+        ts = sched.timesteps
+        assert len(ts) == steps * sched.order and int(ts[0]) == T - 1, (steps, ts[:3].tolist())
+        assert bool((ts[1:] < ts[:-1]).all()), "strictly decreasing"
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULER_CLASSES))
+def test_one_step_gives_the_models_clean_estimate(scheduler, monkeypatch):
+    """1 step from t = T returns the model's x0 estimate (an image), not noise or flat grey.
+
+    With x0 ("sample") prediction the UNet output *is* the estimate: euler, dpm++ and ddpm return it exactly,
+    DDIM up to its final alpha (alphas_cumprod[0] < 1) and eta noise. The old leading spacing ran the single step
+    at t <= 1 (ddim: colour noise, euler: grey).
+    """
+    m = make_tiny_model(0)
+    m.config.scheduler = dict(m.config.scheduler, prediction_type="sample")
+    pipe = TWGTMPipeline.from_components(m)
+    g = torch.Generator().manual_seed(0)
+    person, garment = torch.rand(1, 3, 64, 48, generator=g), torch.rand(1, 3, 64, 48, generator=g)
+    mask = torch.zeros(1, 1, 64, 48)
+    mask[..., 16:48, 8:40] = 1
+    calls = []
+    real_unet, real_decode = pipeline_mod.model_output, pipeline_mod.vae_decode
+    monkeypatch.setattr(pipeline_mod, "model_output",
+                        lambda u, x, t, *a, **k: calls.append((float(t), real_unet(u, x, t, *a, **k))) or calls[-1][1])
+    decoded = []
+    monkeypatch.setattr(pipeline_mod, "vae_decode",
+                        lambda vae, z, cfg, **k: decoded.append(z.clone()) or real_decode(vae, z, cfg, **k))
+    out = pipe.try_on(person, garment, mask, "upper", num_inference_steps=1, guidance_scale=1.0, generator=0,
+                      scheduler=scheduler, paste_back=False).images
+    assert [t for t, _ in calls] == [m.config.scheduler["num_train_timesteps"] - 1]
+    x0 = target_half(calls[0][1].float(), m.config.concat_dim)
+    rel = float((decoded[0].float() - x0).norm() / x0.norm())
+    assert rel < (0.15 if scheduler == "ddim" else 1e-4), rel
+    assert torch.isfinite(out).all() and out.std() > 0.05, "an image, not flat grey"
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULER_CLASSES))
+def test_strength_starts_from_the_noised_input(scheduler, monkeypatch):
+    """ComfyUI's denoise: exactly ``steps`` UNet calls, the first at about strength * T on the noised input."""
+    pipe = TWGTMPipeline.from_components(make_tiny_model(0))
+    cfg = pipe.config
+    T = cfg.scheduler["num_train_timesteps"]
+    alphas = DDPMScheduler.from_config(cfg.scheduler).alphas_cumprod
+    g = torch.Generator().manual_seed(4)
+    person, garment = torch.rand(2, 3, 64, 48, generator=g), torch.rand(1, 3, 64, 48, generator=g)
+    mask = torch.zeros(2, 1, 64, 48)
+    mask[..., 16:48, 8:40] = 1
+    z_person = vae_encode(pipe.vae, person * 2 - 1, pipe.config)
+    calls = _spy_unet(pipe, monkeypatch)
+    inside = mask.expand_as(person) == 1
+    for steps in (1, 2, 5):
+        dist = {}
+        for strength in (0.3, 1.0):
+            calls.clear()
+            out = pipe.try_on(person, garment, mask, "upper", num_inference_steps=steps, strength=strength, generator=9,
+                              scheduler=scheduler).images
+            assert len(calls) == steps, "exactly num_inference_steps UNet calls"
+            t0, x = calls[0]
+            total = round(steps / strength)
+            assert abs(t0 - (strength * T - 1)) <= T / total, (steps, strength, t0)
+            # the first UNet input (target half) is the person's latent noised to t0 with each item's own noise
+            noise = torch.cat([torch.randn((1, 4, 8, 12), generator=torch.Generator().manual_seed(9 + i))
+                               for i in range(2)])
+            a = alphas[int(t0)]
+            want = a.sqrt() * z_person + (1 - a).sqrt() * target_half(noise, cfg.concat_dim)
+            got = target_half(x[:2, :4].float(), cfg.concat_dim)
+            if strength < 1:
+                assert torch.allclose(got, want, atol=1e-4), (steps, float((got - want).abs().max()))
+            else:
+                assert t0 == T - 1
+            dist[strength] = float((out - person)[inside].abs().mean())
+        assert dist[0.3] < dist[1.0], ("strength 0.3 stays closer to the input", steps, dist)
 
 
 def test_callback_progress_cancel_and_recovery(pipe, images):
@@ -175,8 +289,40 @@ def test_callback_progress_cancel_and_recovery(pipe, images):
 
 def test_strength(pipe, images):
     person, garment, mask = images
-    out = pipe.try_on(person, garment, mask, "upper", num_inference_steps=4, strength=0.5, generator=0)
-    assert out.images.shape == person.shape
+    run = lambda s: pipe.try_on(person, garment, mask, "upper", num_inference_steps=4, strength=s, generator=0).images  # noqa: E731
+    half, full = run(0.5), run(1.0)
+    assert half.shape == person.shape and not torch.equal(half, full), "strength changes the result"
+    off = pipe.try_off(person, "upper", num_inference_steps=2, strength=0.5, generator=0).images
+    assert not torch.equal(off, pipe.try_off(person, "upper", num_inference_steps=2, generator=0).images)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("method", ["try_on", "try_off"])
+def test_batch_items_equal_single_calls_with_seed_plus_index(pipe, images, method, eta):
+    """Each item has its own generators (initial and per-step noise): item i of a batch == a call with seed s + i."""
+    person, garment, mask = images
+    assert not torch.equal(person[0], person[1])
+
+    def call(p, m, generator):
+        if method == "try_on":
+            return pipe.try_on(p, garment, m, "upper", num_inference_steps=STEPS, generator=generator, eta=eta).images
+        return pipe.try_off(p, "upper", num_inference_steps=STEPS, generator=generator, eta=eta).images
+
+    batch = call(person, mask, 5)
+    one0, one1 = call(person[:1], mask[:1], 5), call(person[1:], mask[1:], 6)
+    assert torch.allclose(batch[0], one0[0], atol=1e-5), float((batch[0] - one0[0]).abs().max())
+    assert torch.allclose(batch[1], one1[0], atol=1e-5), float((batch[1] - one1[0]).abs().max())
+    same = call(person[:1].expand(2, -1, -1, -1), mask[:1].expand(2, -1, -1, -1), 5)
+    assert torch.allclose(same[0], one0[0], atol=1e-5), "a batch of one person equals the single call"
+    gens = [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]
+    assert torch.allclose(call(person, mask, gens), batch, atol=1e-6), "a list of generators, one per item"
+
+
+def test_a_single_torch_generator_seeds_the_batch(pipe, images):
+    person, garment, mask = images
+    run = lambda g: pipe.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=g).images  # noqa: E731
+    seed = int(torch.randint(0, 2 ** 63 - 1, (1,), generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(run(torch.Generator().manual_seed(3)), run(seed)), "one seed drawn from it, then seed + i"
 
 
 def test_input_conversions(pipe, images):
@@ -186,8 +332,12 @@ def test_input_conversions(pipe, images):
     a = pipe.try_on(gray, rgba, mask[0, 0], "upper_body", num_inference_steps=2, generator=0)
     b = pipe.try_on(gray.repeat(1, 3, 1, 1), garment, mask, "upper", num_inference_steps=2, generator=0)
     assert torch.equal(a.images, b.images)
-    small_mask = torch.nn.functional.interpolate(mask, size=(35, 25), mode="nearest")
-    assert pipe.try_on(person, garment, small_mask, "upper", num_inference_steps=2, generator=0).images.shape == person.shape
+    small_mask = torch.zeros(2, 1, 35, 25)
+    small_mask[..., 5:20, 8:20] = 1
+    out = pipe.try_on(person, garment, small_mask, "upper", num_inference_steps=2, generator=0).images
+    resized = as_mask_batch(small_mask, "mask", (70, 50), 2).expand_as(person) == 1
+    assert torch.equal(out[~resized], person[~resized]), "the mask is resized to the person and pasted back outside"
+    assert (out[resized] - person[resized]).abs().mean() > 1e-3, "and the resized region is generated"
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -221,11 +371,14 @@ def test_try_off_empty_mask_is_mask_free(pipe, images):
     assert torch.equal(free, empty)
 
 
-# Golden slices of the seeded tiny model (conftest.make_tiny_model(0)), 3 DDIM steps, CFG 2.5, seed 0.
-GOLDEN_TRY_ON = [0.3755, 0.4421, 0.6975, 0.3314, 0.2183, 0.5866, 0.0984, 0.3545, 0.7447, 0.5259, 0.4104, 0.3035, 0.5912,
-                 0.509, 0.5751, 0.7806, 0.3916, 0.2131, 0.525, 0.3975, 0.5272, 0.6135, 0.642, 0.6905, 0.7028, 0.7567, 0.6887]
-GOLDEN_TRY_OFF = [0.3276, 0.3998, 0.6892, 0.2794, 0.175, 0.5734, 0.0626, 0.3054, 0.7291, 0.5282, 0.4186, 0.3489, 0.6018,
-                  0.5645, 0.6341, 0.8146, 0.4646, 0.2876, 0.5325, 0.422, 0.5436, 0.6196, 0.673, 0.7151, 0.6971, 0.7741, 0.6973]
+# Golden slices of the seeded tiny model (conftest.make_tiny_model(0)), 3 DDIM steps (trailing: t = 999, 666,
+# 332), CFG 2.5, seed 0.
+GOLDEN_TRY_ON = [0.3815, 0.4328, 0.4917, 0.314, 0.3709, 0.4694, 0.3007, 0.3846, 0.5566, 0.4968, 0.3867, 0.4449, 0.5329,
+                 0.3648, 0.5265, 0.5027, 0.2213, 0.2554, 0.2507, 0.1988, 0.3412, 0.2611, 0.3033, 0.3953, 0.4025,
+                 0.4091, 0.4332]
+GOLDEN_TRY_OFF = [0.3679, 0.4168, 0.4799, 0.3213, 0.3768, 0.4736, 0.3041, 0.3987, 0.5736, 0.5177, 0.4052, 0.4662,
+                  0.5508, 0.3846, 0.5373, 0.516, 0.2334, 0.2648, 0.2421, 0.1932, 0.3269, 0.25, 0.2944, 0.3826, 0.409,
+                  0.4018, 0.4199]
 GOLDEN_MASK = [0.5374, 0.5332, 0.5431, 0.5288, 0.5199, 0.5321, 0.5203, 0.5065, 0.5212]
 
 
@@ -253,23 +406,11 @@ def test_golden_slices(pipe):
         assert torch.allclose(got, torch.tensor(want), atol=1e-3), got.tolist()
 
 
-def test_encoder_offload_keeps_outputs(images):
-    """Parking the reference encoders after use changes nothing in the results."""
-    person, garment, mask = images
-    model = make_tiny_model(0)
-    plain = TWGTMPipeline(model)
-    parked = TWGTMPipeline(model, encoder_offload_device="cpu")
-    a = plain.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=0).images
-    b = parked.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=0).images
-    assert torch.equal(a, b)
-    assert torch.equal(plain.predict_garment_mask(person, "dress"), parked.predict_garment_mask(person, "dress"))
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_pipeline(images, dtype):
     person, garment, mask = images
     model = make_tiny_model(0).to(dtype)
-    pipe = TWGTMPipeline(model)
+    pipe = TWGTMPipeline.from_components(model)
     full = torch.ones_like(mask)  # a full mask is allowed: everything is regenerated
     on = pipe.try_on(person, garment, full, "upper", num_inference_steps=2, generator=0)
     off = pipe.try_off(person, "lower", num_inference_steps=2, generator=0)

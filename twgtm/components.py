@@ -95,8 +95,13 @@ class TWGTMComponents:
         return {k: v for k, v in parts.items() if v is not None}
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "TWGTMComponents":
+        """Every component to ``device`` and/or ``dtype`` (``to(torch.bfloat16)`` works as for a module). Only
+        the arguments given are passed on (diffusers warns about any ``dtype`` keyword, even None)."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
         for m in self.modules().values():
-            m.to(device=device, dtype=dtype)
+            m.to(**kwargs)
         return self
 
     def eval(self) -> "TWGTMComponents":

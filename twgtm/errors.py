@@ -19,3 +19,7 @@ class WeightsError(TWGTMError, RuntimeError):
 
 class MissingFileError(WeightsError, FileNotFoundError):
     """A required model file is absent; the message says what to place where."""
+
+
+class NumericalError(TWGTMError, RuntimeError):
+    """A computation produced non-finite values (NaN or inf); nothing is returned."""

@@ -3,10 +3,12 @@
 Public images are float tensors in [0, 1], channels first: (B, C, H, W) or (C, H, W). C = 3 is RGB;
 C = 1 (grayscale) is repeated to RGB; C = 4 (RGBA) is composited over white (a garment cut-out on a
 catalogue background). Anything else is rejected with :class:`InputError`. Masks are (B, 1, H, W),
-(B, H, W) or (H, W) in [0, 1]; they are resized (nearest) to their image's size and binarised at 0.5.
+(B, H, W) or (H, W) in [0, 1]; they are binarised at 0.5 and resized (nearest, falling back to max pooling
+so a non-empty mask never vanishes) to their image's size.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,16 @@ import torch.nn.functional as F
 from .errors import InputError
 
 _TOL = 1e-3  # allowed float slack outside [0, 1]
+MAX_OUTPUT_SIDE = 16384  # output_size: the largest side accepted (a 16k x 16k RGB float image is 3 GiB)
+
+
+def _check_tensor_storage(x: torch.Tensor, name: str) -> None:
+    """A tensor without readable data (meta device) or with a non-dense layout cannot be an image or a mask."""
+    if x.device.type == "meta":
+        raise InputError(f"{name}: expected a tensor with data (on the CPU or a GPU), got a tensor on the 'meta' "
+                         f"device (shape {tuple(x.shape)}, no values)")
+    if x.layout != torch.strided:
+        raise InputError(f"{name}: expected a dense (strided) tensor, got layout {x.layout}")
 
 
 def _check_finite_range(x: torch.Tensor, name: str) -> None:
@@ -30,6 +42,7 @@ def as_image_batch(image, name: str) -> torch.Tensor:
     """Validate and convert an image to (B, 3, H, W) float32 in [0, 1]."""
     if not isinstance(image, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor (B, C, H, W) in [0, 1], got {type(image).__name__}")
+    _check_tensor_storage(image, name)
     x = image
     if x.ndim == 3:
         x = x.unsqueeze(0)
@@ -56,10 +69,12 @@ def as_image_batch(image, name: str) -> torch.Tensor:
 def as_mask_batch(mask, name: str, size: tuple[int, int], batch: int) -> torch.Tensor:
     """Validate a mask and return it as (batch, 1, H, W) float in {0, 1} at ``size``.
 
-    A mask batch of 1 is broadcast to ``batch``; masks of another size are resized (nearest).
+    A mask batch of 1 is broadcast to ``batch``; masks of another size are resized with :func:`resize_mask`
+    (nearest, and never to nothing).
     """
     if not isinstance(mask, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor (B, 1, H, W), (B, H, W) or (H, W), got {type(mask).__name__}")
+    _check_tensor_storage(mask, name)
     m = mask
     if m.dtype == torch.bool:
         m = m.float()
@@ -75,9 +90,41 @@ def as_mask_batch(mask, name: str, size: tuple[int, int], batch: int) -> torch.T
     _check_finite_range(m, name)
     if m.shape[0] not in (1, batch):
         raise InputError(f"{name}: expected a batch of 1 or {batch} masks, got {m.shape[0]}")
-    if m.shape[-2:] != torch.Size(size):
-        m = F.interpolate(m, size=size, mode="nearest")
-    return (m > 0.5).float().expand(batch, -1, -1, -1).contiguous()
+    return resize_mask(m, size).expand(batch, -1, -1, -1).contiguous()
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Binarise (at 0.5) and resize masks (B, 1, H, W) to ``size`` with nearest sampling, never to nothing.
+
+    Nearest sampling can miss a small or thin region entirely (a 3x3 mask on a 640x480 image at 64x48, one row
+    of a 1x300 image at 8x6 latents). A mask that is non-empty before and empty after falls back to max
+    pooling, so every output cell that covers a masked pixel is on and the region keeps at least one cell.
+    The result has ``mask``'s dtype and values in {0, 1}.
+    """
+    m = (mask > 0.5).float()
+    if m.shape[-2:] == torch.Size(size):
+        return m.to(mask.dtype)
+    out = F.interpolate(m, size=size, mode="nearest")
+    lost = (m.flatten(1).amax(1) > 0) & (out.flatten(1).amax(1) == 0)
+    if bool(lost.any()):
+        out[lost] = F.adaptive_max_pool2d(m[lost], size)
+    return out.to(mask.dtype)
+
+
+def as_output_size(value, name: str = "output_size") -> tuple[int, int] | None:
+    """Validate an ``output_size``: None or (height, width), two ints in [1, MAX_OUTPUT_SIDE]."""
+    if value is None:
+        return None
+    expected = f"None or (height, width): two ints in [1, {MAX_OUTPUT_SIDE}]"
+    if not isinstance(value, (tuple, list, torch.Size)) or len(value) != 2:
+        raise InputError(f"{name}: expected {expected}, got {value!r}")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+        raise InputError(f"{name}: expected {expected}, got {value!r} "
+                         f"(types {[type(v).__name__ for v in value]})")
+    h, w = int(value[0]), int(value[1])
+    if not (1 <= h <= MAX_OUTPUT_SIDE and 1 <= w <= MAX_OUTPUT_SIDE):
+        raise InputError(f"{name}: expected {expected}, got {value!r}")
+    return h, w
 
 
 def broadcast_batch(x: torch.Tensor, batch: int, name: str) -> torch.Tensor:
@@ -104,11 +151,7 @@ def fit_to_canvas(x: torch.Tensor, canvas: tuple[int, int], fill: float, *, mode
     ch, cw = canvas
     scale = min(ch / h, cw / w)
     nh, nw = max(1, min(ch, round(h * scale))), max(1, min(cw, round(w * scale)))
-    if (nh, nw) != (h, w):
-        kw = {"antialias": True, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        y = F.interpolate(x, size=(nh, nw), mode=mode, **kw)
-    else:
-        y = x
+    y = resize(x, (nh, nw), mode)
     top, left = (ch - nh) // 2, (cw - nw) // 2
     out = x.new_full((x.shape[0], x.shape[1], ch, cw), fill)
     out[..., top:top + nh, left:left + nw] = y
@@ -119,14 +162,14 @@ def restore_from_canvas(y: torch.Tensor, placement: Placement, *, mode: str = "b
     """Crop the placed region out of a model-size output and resize it back to the original size."""
     top, left, nh, nw = placement.box
     crop = y[..., top:top + nh, left:left + nw]
-    if crop.shape[-2:] != torch.Size(placement.size):
-        kw = {"antialias": True, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
-        crop = F.interpolate(crop, size=placement.size, mode=mode, **kw)
-    return crop
+    return resize(crop, placement.size, mode)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Resize (B, C, H, W) to ``size``; ``mode="mask"`` is :func:`resize_mask` (binary, never to nothing)."""
     if x.shape[-2:] == torch.Size(size):
         return x
+    if mode == "mask":
+        return resize_mask(x, size)
     kw = {"antialias": True, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
     return F.interpolate(x, size=size, mode=mode, **kw)

@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .images import resize_mask
+
 Encode = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -55,8 +57,12 @@ def split_halves(x: torch.Tensor, concat_dim: int) -> tuple[torch.Tensor, torch.
 
 
 def mask_to_latent(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a binary pixel mask (B, 1, H, W) to latent size (B, 1, h, w)."""
-    return F.interpolate(mask.float(), size=size, mode="nearest")
+    """Nearest-neighbour resize of a binary pixel mask (B, 1, H, W) to latent size (B, 1, h, w).
+
+    A non-empty mask never becomes empty: when nearest sampling misses it (a region smaller than a latent
+    cell), every latent cell that covers a masked pixel is on (:func:`twgtm.images.resize_mask`).
+    """
+    return resize_mask(mask.float(), size)
 
 
 def build_condition(
