@@ -15,6 +15,7 @@ Every test here is marked ``comfyui``; with ``TWGTM_REQUIRE_COMFYUI=1`` (set by 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -110,20 +111,26 @@ def _make_models(base: Path) -> None:
               str(base / "models" / "twgtm" / NOT_TWGTM))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfyui_base")
+def _base_dir(tmp_path_factory, name: str) -> Path:
+    """A scratch ``--base-directory``: the pack linked in custom_nodes/, the example inputs, the model files."""
+    base = tmp_path_factory.mktemp(name)
     for sub in ("custom_nodes", "input", "output", "temp", "user", "models/twgtm"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_LINK).symlink_to(comfy_stubs.PACK_ROOT, target_is_directory=True)
     for png in INPUTS.glob("*.png"):
         (base / "input" / png.name).write_bytes(png.read_bytes())
     _make_models(base)
-    port = _free_port()
-    log = base / "server.log"
+    return base
+
+
+@contextlib.contextmanager
+def _running_server(base: Path, entry: list[str]):
+    """Start ComfyUI (``entry``: how its Python starts main.py) on a free loopback port with ``base``; wait until
+    it answers, yield the :class:`Server`, and stop it (SIGINT, then kill) afterwards."""
+    port, log = _free_port(), base / "server.log"
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+    cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), *entry, "--cpu", "--listen", "127.0.0.1",
            "--port", str(port), "--base-directory", str(base), "--disable-auto-launch",
            "--database-url", "sqlite:///:memory:"]
     with open(log, "w") as logf:
@@ -150,6 +157,12 @@ def server(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with _running_server(_base_dir(tmp_path_factory, "comfyui_base"), ["main.py"]) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -565,41 +578,9 @@ runpy.run_path("main.py", run_name="__main__")
 @pytest.fixture(scope="module")
 def server_without_requirements(tmp_path_factory):
     """A second server whose Python lacks diffusers and timm (hidden by an import hook)."""
-    base = tmp_path_factory.mktemp("comfyui_base_noreq")
-    for sub in ("custom_nodes", "input", "output", "temp", "user", "models/twgtm"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "custom_nodes" / PACK_LINK).symlink_to(comfy_stubs.PACK_ROOT, target_is_directory=True)
-    for png in INPUTS.glob("*.png"):
-        (base / "input" / png.name).write_bytes(png.read_bytes())
-    _make_models(base)
-    port, log = _free_port(), base / "server.log"
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    cmd = [python, "-c", HIDE_REQUIREMENTS, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"]
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
-    srv = Server(base, f"http://127.0.0.1:{port}", proc, log)
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert proc.poll() is None, "ComfyUI exited during start-up:\n" + log.read_text()[-4000:]
-            try:
-                if srv.get("/system_stats")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline, "ComfyUI did not start:\n" + log.read_text()[-4000:]
-            time.sleep(0.5)
-        yield srv, python
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    base = _base_dir(tmp_path_factory, "comfyui_base_noreq")
+    with _running_server(base, ["-c", HIDE_REQUIREMENTS]) as srv:
+        yield srv, os.environ.get("COMFYUI_PYTHON", sys.executable)
 
 
 def test_missing_requirements_are_named_once_with_the_install_command(server_without_requirements):
