@@ -18,8 +18,9 @@ from twgtm.errors import ConfigError, MissingFileError, WeightsError
 from twgtm.weights import load_twgtm, read_config, read_metadata
 
 from training.config import load_run_config
+from training.data import prepare_data
 from training.trainer import (ResumableBatchSampler, build_stage_model, configure_torch, find_checkpoint,
-                              load_catvton_attention, make_accelerator, prepare_data, stage_model_path, train_stage)
+                              load_catvton_attention, make_accelerator, stage_model_path, train_stage)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
