@@ -17,9 +17,10 @@ from safetensors.torch import load_file, save_file
 from twgtm.errors import ConfigError, MissingFileError, WeightsError
 from twgtm.weights import load_twgtm, read_config, read_metadata
 
-from training.config import apply_overrides, load_run_config
+from training.config import load_run_config
+from training.data import prepare_data
 from training.trainer import (ResumableBatchSampler, build_stage_model, configure_torch, find_checkpoint,
-                              load_catvton_attention, make_accelerator, prepare_data, stage_model_path, train_stage)
+                              load_catvton_attention, make_accelerator, stage_model_path, train_stage)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -54,7 +55,8 @@ def test_run_config_yaml_overrides_and_errors(tmp_path):
         load_run_config(TINY, ["stage1.max_steps=abc"])
     with pytest.raises(ConfigError, match="include_base"):
         load_run_config(TINY, ["export.include_base=false"])
-    assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+    assert load_run_config(TINY, ["data.synthetic.categories=[upper, dress]"]).data.synthetic.categories == \
+        ["upper", "dress"]
     for name in ("synthetic_cpu.yaml", "paper_vitonhd_dresscode.yaml"):
         data = __import__("yaml").safe_load((REPO / "configs" / name).read_text())
         assert isinstance(data, dict) and data["model"]["preset"] in ("tiny", "full")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from diffusers import DDPMScheduler
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, default_collate
 
 from twgtm.config import TWGTMConfig
 from twgtm.errors import ConfigError, MissingFileError, WeightsError
@@ -48,14 +48,18 @@ from twgtm.components import TWGTMComponents
 from twgtm.weights import BaseSources, build_from_sources, load_twgtm, save_twgtm
 
 from .config import RunConfig, StageConfig
+from .data import build_eval_dataset, build_train_dataset
+from .grids import sample_grid
 from .objective import TrainingObjective, spec_parameter_groups
+from .progress import progress_bar
+from .stage0_vae import load_stage0_vae
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "make_accelerator", "configure_torch", "prepare_data", "build_train_dataset", "build_eval_dataset",
-    "model_config", "build_stage1_model", "load_catvton_attention", "TrainingObjective", "ResumableBatchSampler",
-    "train_stage", "stage_model_path", "find_checkpoint", "export_model", "StageResult", "seeded_rng",
+    "make_accelerator", "configure_torch", "model_config", "base_sources", "build_stage1_model",
+    "load_catvton_attention", "ResumableBatchSampler", "train_stage", "stage_model_path", "find_checkpoint",
+    "export_model", "StageResult", "seeded_rng",
 ]
 
 STATE_FILE = "trainer_state.json"
@@ -116,43 +120,7 @@ def seeded_rng(seed: int, device: Any = None) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-# ---------------------------------------------------------------------------------------------- data
-class CachedDataset(Dataset):
-    """Every item decoded once, up front (small sets only)."""
-
-    def __init__(self, base: Dataset):
-        self.items = [base[i] for i in range(len(base))]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.items[index]
-
-
-class FlipDataset(Dataset):
-    """Indices are ``(index, flip)`` pairs from :class:`ResumableBatchSampler`; ``flip`` mirrors every image
-    and mask of the item (person, garment and both masks stay consistent)."""
-
-    _IMAGE_KEYS = ("person", "garment", "person_mask", "garment_mask", "garment_target")
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key) -> dict:
-        index, flip = key if isinstance(key, tuple) else (key, False)
-        item = self.base[index]
-        if flip:
-            item = dict(item)
-            for k in self._IMAGE_KEYS:
-                if k in item:
-                    item[k] = torch.flip(item[k], dims=(-1,))
-        return item
-
-
+# ---------------------------------------------------------------------------------------------- data order (datasets: training.data)
 class ResumableBatchSampler:
     """Infinite, seeded, resumable batches for one process.
 
@@ -195,84 +163,19 @@ class ResumableBatchSampler:
             micro += 1
 
 
-def prepare_data(run: RunConfig, accelerator) -> None:
-    """Generate the synthetic set once (main process) if the run uses one and it is not there yet; a set there
-    generated with other parameters (``synthetic.json``) is a ConfigError, never silently reused."""
-    spec = run.data.synthetic
-    if spec is None:
-        return
-    root = Path(run.resolve(spec.root))
-    summary = root / "synthetic.json"
-    if accelerator.is_main_process and summary.is_file():  # generated before: reused only if it is this config's
-        try:
-            made = json.loads(summary.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            made = {}
-        want = {"n_train": spec.n_train, "n_test": spec.n_test, "height": spec.height, "width": spec.width,
-                "seed": spec.seed, "categories": list(spec.categories)}
-        differ = {k: made.get(k) for k, v in want.items() if made.get(k) != v}
-        if differ:
-            raise ConfigError(f"data.synthetic: {str(root)!r} holds a synthetic set generated with {differ}, the "
-                              f"config asks for {({k: want[k] for k in differ})}; delete that folder (it is "
-                              f"regenerated) or set data.synthetic.root to another folder")
-    if accelerator.is_main_process and not summary.is_file():
-        from .synthetic import generate
-
-        t0 = time.perf_counter()
-        generate(root, n_train=spec.n_train, n_test=spec.n_test, height=spec.height, width=spec.width,
-                 seed=spec.seed, categories=spec.categories)
-        logger.info("synthetic data: %d + %d items in %s (%.1f s)", spec.n_train, spec.n_test, root,
-                    time.perf_counter() - t0)
-    accelerator.wait_for_everyone()
-
-
-def _dataset_specs(run: RunConfig) -> list[tuple[str, str, Optional[list[str]]]]:
-    specs = [(s.kind, run.resolve(s.root), s.categories) for s in run.data.datasets]
-    if run.data.synthetic is not None:
-        specs.insert(0, ("vitonhd", run.resolve(run.data.synthetic.root), None))
-    return specs
-
-
-def _open(kind: str, root: str, categories, **kwargs) -> Dataset:
-    from .datasets import DressCodeDataset, VitonHDDataset
-
-    if kind == "vitonhd":
-        return VitonHDDataset(root, **kwargs)
-    return DressCodeDataset(root, categories=categories, **kwargs)
-
-
-def build_train_dataset(run: RunConfig, cfg: TWGTMConfig) -> Dataset:
-    """All training sets at the model size, concatenated (paired train split)."""
-    parts = [_open(kind, root, cats, split="train", pairs="paired", size=(cfg.height, cfg.width))
-             for kind, root, cats in _dataset_specs(run)]
-    ds: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-    if run.data.cache_in_memory:
-        ds = CachedDataset(ds)
-    return FlipDataset(ds) if run.data.hflip else ds
-
-
-def build_eval_dataset(run: RunConfig, cfg: TWGTMConfig, *, pairs: str = "unpaired",
-                       root: Optional[str] = None) -> Dataset:
-    """The held-out split of the first dataset (the synthetic set when there is one), or of the same kind of
-    dataset at ``root`` (e.g. a validation set generated with another seed)."""
-    kind, own_root, cats = _dataset_specs(run)[0]
-    return _open(kind, root or own_root, cats, split=run.data.eval_split, pairs=pairs, size=(cfg.height, cfg.width))
-
-
 # ---------------------------------------------------------------------------------------------- model
 def model_config(run: RunConfig, stage: int) -> TWGTMConfig:
     """The model config of a stage; with stage 0 its latent scaling and shift come from the own VAE."""
     cfg = run.model.build()
     cfg.stage = 1 if stage <= 1 else 2
     if run.stage0.enabled:
-        from .stage0_vae import load_stage0_vae
-
         _, scale, shift = load_stage0_vae(run)
         cfg.scaling_factor, cfg.shift_factor = scale, shift
     return cfg
 
 
-def _base_sources(run: RunConfig) -> BaseSources:
+def base_sources(run: RunConfig) -> BaseSources:
+    """The run's local base weights (``weights.*``) for :func:`twgtm.weights.build_from_sources` / ``load_twgtm``."""
     w = run.weights
     return BaseSources(unet=run.resolve(w.unet), vae=run.resolve(w.vae), clip_vision=run.resolve(w.clip_vision),
                        text_encoder=run.resolve(w.text_encoder), tokenizer=run.resolve(w.tokenizer),
@@ -284,14 +187,12 @@ def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMComponents:
     torch.manual_seed(_seed_from("init", run.seed) & 0xFFFFFFFF)
     vae = None
     if run.stage0.enabled:
-        from .stage0_vae import load_stage0_vae
-
         vae, _, _ = load_stage0_vae(run)
     w = run.weights
     if w.random_base:
         model = TWGTMComponents.build(cfg, vae=vae, random_prompts=True)
     else:
-        model = build_from_sources(cfg, _base_sources(run))
+        model = build_from_sources(cfg, base_sources(run))
         if vae is not None:
             model.vae = vae.requires_grad_(False).eval()
     if w.catvton_attention:
@@ -372,7 +273,7 @@ def stage_model_path(run: RunConfig, stage: int) -> Path:
 
 def load_stage_model(run: RunConfig, path: Path, device="cpu") -> TWGTMComponents:
     """A stage's saved weights (``model.safetensors``) as components."""
-    base = None if run.export.include_base else _base_sources(run)
+    base = None if run.export.include_base else base_sources(run)
     return load_twgtm(path, base=base, device=device)
 
 
@@ -518,13 +419,6 @@ class CSVLog:
             f.flush()
 
 
-def _progress(accelerator, start: int, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=desc, disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True, mininterval=2.0)
-
-
 # ---------------------------------------------------------------------------------------------- the loop
 @dataclass
 class StageResult:
@@ -614,7 +508,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     fields = ["step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm"] + \
              [f"lr_{n}" for n in group_names] + ["seconds_per_step", "samples_per_second", "elapsed"]
     log = CSVLog(out / "log.csv", fields, step if ckpt is not None else None, accelerator.is_main_process)
-    progress = _progress(accelerator, step, total, f"stage {stage}")
+    progress = progress_bar(accelerator, step, total, f"stage {stage}")
     last_loss = None
     t_loop, steps_timed = time.perf_counter(), 0
     while step < total:
@@ -691,8 +585,6 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
 
 def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[dict]:
     """A fixed batch of held-out items for the sample grids (training items if there is no test split)."""
-    from torch.utils.data import default_collate
-
     try:
         ds = build_eval_dataset(run, cfg, pairs="unpaired")
     except (OSError, ValueError) as exc:
@@ -706,8 +598,6 @@ def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[
 
 def _write_samples(objective: nn.Module, model: TWGTMComponents, items: dict, path: Path, s: StageConfig,
                    run: RunConfig) -> None:
-    from .report import sample_grid
-
     was_training = objective.training
     objective.eval()
     try:
