@@ -1,11 +1,13 @@
 """TWGTM for ComfyUI: virtual try-on and try-off with one model.
 
-ComfyUI imports this file (the pack root). The nodes live in ``nodes/``, the model library in ``twgtm/``.
-Model files go in ``models/twgtm/`` (see docs/COMFYUI.md).
+ComfyUI imports this file (the pack root) and registers the nodes through ``comfy_entrypoint`` (the V3
+extension API). There is deliberately no ``NODE_CLASS_MAPPINGS`` here: ComfyUI 0.3.64 ignores
+``comfy_entrypoint`` in a pack that has one. The nodes live in ``nodes/``, the model library in
+``twgtm/``. Model files go in ``models/twgtm/`` (see docs/COMFYUI.md).
 
 Outside ComfyUI (the library, the trainer, pytest collecting this folder as a package) there is no
-``comfy_api`` to import, so the pack then exports empty mappings instead of failing; inside ComfyUI the
-nodes are always imported and any error in them is raised as usual.
+``comfy_api`` to import, so the pack then exports nothing instead of failing; inside ComfyUI the nodes are
+always imported and any error in them is raised as usual.
 """
 import importlib.util
 import sys
@@ -21,9 +23,8 @@ def _inside_comfyui() -> bool:
 
 
 if _inside_comfyui():
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-else:  # not running inside ComfyUI
-    NODE_CLASS_MAPPINGS: dict = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+    from .nodes import comfy_entrypoint
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    __all__ = ["comfy_entrypoint"]
+else:  # not running inside ComfyUI
+    __all__: list = []

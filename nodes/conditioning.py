@@ -7,7 +7,7 @@ the LoadImage MASK wired into ``garment_transparency`` (LoadImage gives RGB, bla
 """
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from .common import (CATEGORY_OPTIONS, CATEGORY_TOOLTIP, NODE_CATEGORY, TRY_OFF, TRY_ON, Combo, TWGTMConditioning,
                      TWGTMConditioningWire, check_category, image_to_bchw, mask_to_b1hw, with_transparency)

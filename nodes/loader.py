@@ -1,22 +1,23 @@
 """TWGTM Model Loader: a TWGTM ``.safetensors`` from ``models/twgtm/`` (+ base components) -> TWGTM_MODEL.
 
-The model is built on ComfyUI's offload device and handed to ComfyUI's model management through a
-``ModelPatcher``; the sampler calls ``load_models_gpu`` before it runs, so ComfyUI decides when the
-weights move to the GPU and when they are offloaded again. Loaded models are cached at module level
-(by file, file time, dtype and base components), so a re-run does not read the file again.
+The components (UNet, VAE, reference encoder) are built on ComfyUI's offload device, and each is handed
+to ComfyUI's model management through its own ``ModelPatcher``; the nodes that run the model load only
+the components they need, when they need them (``nodes/memory.py``), so ComfyUI decides when weights
+move to the GPU and when they are offloaded again. The loader keeps nothing itself: ComfyUI's output
+cache reuses the loaded model while the inputs and the file stay the same (``fingerprint_inputs``).
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..twgtm.errors import MissingFileError
 from . import requirements
@@ -31,7 +32,6 @@ BUNDLED = "(bundled in the TWGTM file)"
 NO_VAE = "(none)"
 DIFFUSERS_PREFIX = "diffusers/"
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-CACHE_SIZE = 2  # loaded models kept between runs (their offloaded weights stay in CPU memory)
 
 
 def register_model_folder() -> None:
@@ -139,57 +139,77 @@ def resolve_dtype(name: str, load_device: torch.device) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------- the loaded model
-class TWGTMModule(torch.nn.Module):
-    """The module ComfyUI's ``ModelPatcher`` manages: it holds the TWGTMModel as ``net``.
+class ComponentHolder(torch.nn.Module):
+    """The module one ComfyUI ``ModelPatcher`` manages: one TWGTM component, held as ``net``.
 
-    ``ModelPatcher`` writes bookkeeping attributes (``device``, ``model_loaded_weight_memory``, ...) on
-    the module it manages, and ``TWGTMModel.device`` is a read-only property, so it gets a holder.
+    ``ModelPatcher`` writes bookkeeping attributes (``device``, ``model_loaded_weight_memory``, ...) on the
+    module it manages, and a diffusers ``ModelMixin`` (the UNet, the VAE) and the reference encoder have a
+    read-only ``device`` property, so each component gets a holder. The pipeline uses ``net`` itself.
     """
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
-        self.device = net.device
 
 
-@dataclass
+# One holder class per component, so that ComfyUI's log names what it loads ("Requested to load TWGTMUNet").
+class TWGTMUNet(ComponentHolder):
+    """Holds the UNet (with TWGTM's attention processors)."""
+
+
+class TWGTMVAE(ComponentHolder):
+    """Holds the VAE."""
+
+
+class TWGTMReferenceEncoder(ComponentHolder):
+    """Holds the reference encoder (SAM + SRM + Decoder)."""
+
+
+HOLDERS: dict[str, type[ComponentHolder]] = {"unet": TWGTMUNet, "vae": TWGTMVAE,
+                                             "reference_encoder": TWGTMReferenceEncoder}
+
+
+@dataclass(frozen=True, eq=False)
 class TWGTMHandle:
-    """What travels on a TWGTM_MODEL wire."""
+    """What travels on a TWGTM_MODEL wire: one ``ModelPatcher`` per component, and what describes them.
 
-    patcher: object      # comfy.model_patcher.ModelPatcher around a TWGTMModule
-    name: str            # the TWGTM file name, for messages
+    ``patchers`` maps ``"unet"``, ``"vae"`` and ``"reference_encoder"`` (absent when the components have
+    none: the CatVTON-class baseline) to a ``comfy.model_patcher.ModelPatcher`` around the component's
+    holder (:data:`HOLDERS`). Nothing else keeps the components: once ComfyUI drops this output from its
+    cache, they are freed.
+    """
+
+    patchers: Mapping[str, object]
+    config: object       # twgtm.config.TWGTMConfig
     dtype: torch.dtype
+    name: str            # the TWGTM file name, for messages
 
-    @property
-    def model(self):
-        """The TWGTMModel (on whatever device ComfyUI put it)."""
-        return self.patcher.model.net
+    def module(self, name: str) -> torch.nn.Module:
+        """The component ``name`` (on whatever device ComfyUI has put it)."""
+        return self.patchers[name].model.net
 
-    @property
-    def config(self):
-        return self.model.config
+    def components(self):
+        """The components as a ``twgtm.components.TWGTMComponents`` (read through the holders)."""
+        from ..twgtm.components import TWGTMComponents
 
-
-_CACHE: "OrderedDict[tuple, TWGTMHandle]" = OrderedDict()
-
-
-def clear_cache() -> None:
-    _CACHE.clear()
+        ref = self.module("reference_encoder") if "reference_encoder" in self.patchers else None
+        return TWGTMComponents(config=self.config, unet=self.module("unet"), vae=self.module("vae"),
+                               reference_encoder=ref)
 
 
 def load_handle(twgtm_file: str, base_model: str, vae: str, clip_vision: str, dtype: str) -> TWGTMHandle:
-    """Resolve the choices, load (or reuse) the model and wrap it for ComfyUI's model management."""
+    """Resolve the choices, read the file onto ComfyUI's offload device and give each component a patcher.
+
+    There is no cache here: ComfyUI keeps the loader's output between runs while its inputs and
+    :meth:`TWGTMModelLoader.fingerprint_inputs` stay the same, and its model management keeps the
+    components loaded on the GPU while there is room.
+    """
     from ..twgtm.weights import BaseSources, load_twgtm, read_metadata
 
     path = resolve_twgtm_file(twgtm_file)
     base_path, vae_path, clip_path = resolve_base_model(base_model), resolve_vae(vae), resolve_clip_vision(clip_vision)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     torch_dtype = resolve_dtype(dtype, load_device)
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, str(torch_dtype), base_path, vae_path, clip_path)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
 
     meta = read_metadata(path)  # a file that is not TWGTM fails here, with a message saying what it is
     base = None
@@ -207,14 +227,11 @@ def load_handle(twgtm_file: str, base_model: str, vae: str, clip_vision: str, dt
         base = BaseSources(unet=base_path, vae=vae_path or base_path, clip_vision=clip_path)
 
     logger.info("TWGTM: loading %s as %s on %s", twgtm_file, torch_dtype, offload_device)
-    net = load_twgtm(path, base=base, device=offload_device, dtype=torch_dtype)
-    patcher = comfy.model_patcher.ModelPatcher(TWGTMModule(net), load_device=load_device,
-                                               offload_device=offload_device)
-    handle = TWGTMHandle(patcher=patcher, name=twgtm_file, dtype=torch_dtype)
-    _CACHE[key] = handle
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return handle
+    components = load_twgtm(path, base=base, device=offload_device, dtype=torch_dtype)
+    patchers = {name: comfy.model_patcher.ModelPatcher(HOLDERS[name](module), load_device=load_device,
+                                                       offload_device=offload_device)
+                for name, module in components.modules().items()}
+    return TWGTMHandle(patchers=patchers, config=components.config, dtype=torch_dtype, name=twgtm_file)
 
 
 class TWGTMModelLoader(io.ComfyNode):
@@ -226,7 +243,8 @@ class TWGTMModelLoader(io.ComfyNode):
             display_name="TWGTM Model Loader",
             category=NODE_CATEGORY,
             description="Loads a TWGTM model (virtual try-on and try-off in one model) from models/twgtm/. "
-                        "ComfyUI's model management moves it to the GPU and offloads it.",
+                        "ComfyUI's model management moves each part (UNet, VAE, reference encoder) to the "
+                        "GPU when a node needs it, and offloads it when others need the room.",
             inputs=[
                 Combo("twgtm_file", options=files,
                       default=EXAMPLE_CHECKPOINT if EXAMPLE_CHECKPOINT in files else None,

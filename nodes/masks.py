@@ -1,14 +1,16 @@
-"""Mask nodes: the model's flat-garment mask (TFQ_0) and Mask2BBox (mask -> rectangle with a margin)."""
+"""Mask nodes: the model's flat-garment mask (TFQ_0) and Mask2BBox (mask -> rectangle with a margin).
+
+The Garment Mask runs the reference encoder alone, so ComfyUI loads only that component for it.
+"""
 from __future__ import annotations
 
 import comfy.model_management as mm
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..twgtm.latents import largest_component, mask_to_box
-from . import requirements
+from . import memory, requirements
 from .common import (CATEGORY_OPTIONS, CATEGORY_TOOLTIP, NODE_CATEGORY, Combo, TWGTMModelWire, b1hw_to_mask,
                      check_category, image_to_bchw, mask_to_b1hw)
-from .sampler import encoder_offload_device, prepare_model
 
 
 class TWGTMGarmentMask(io.ComfyNode):
@@ -40,11 +42,9 @@ class TWGTMGarmentMask(io.ComfyNode):
     @classmethod
     def execute(cls, model, person, category, threshold) -> io.NodeOutput:
         requirements.require("TWGTM Garment Mask")
-        from ..twgtm.pipeline import TWGTMPipeline
-
         person = image_to_bchw(person, "person")  # (B, C, H, W)
-        net = prepare_model(model, person.shape[0], 1.0)
-        probs = TWGTMPipeline(net, encoder_offload_device=encoder_offload_device()).predict_garment_mask(person, check_category(category))  # (B, 1, H, W)
+        pipe = memory.pipeline(model, person.shape[0])  # loads the reference encoder alone
+        probs = pipe.predict_garment_mask(person, check_category(category))  # (B, 1, H, W)
         mask = probs if threshold <= 0.0 else (probs > threshold).float()
         return io.NodeOutput(b1hw_to_mask(mask, mm.intermediate_device()))
 

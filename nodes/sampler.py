@@ -1,43 +1,29 @@
 """TWGTM Sampler: model + conditioning -> IMAGE (+ MASK). Runs the library's concatenated-latent loop.
 
-Before sampling, ComfyUI's model management loads the model onto the GPU (``load_models_gpu``), freeing
-other models if needed. Every denoising step reports progress (``comfy.utils.ProgressBar``) and checks
-ComfyUI's interrupt flag; an interrupt raises out of the loop, and since the pipeline keeps no state
-between calls the model stays usable for the next run.
+ComfyUI's model management loads the components phase by phase (``nodes/memory.py``): the reference
+encoder first (reference features, once per run), then the UNet and the VAE (the denoising loop and the
+decode), freeing other models, or the reference encoder, if it needs the room. Every denoising step
+reports progress (``comfy.utils.ProgressBar``) and checks ComfyUI's interrupt flag; an interrupt raises
+out of the loop, and since the pipeline keeps no state between calls the model stays usable for the next run.
 """
 from __future__ import annotations
 
 import comfy.model_management as mm
 import comfy.utils
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..twgtm.errors import InputError
-from . import requirements
+from ..twgtm.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from . import memory, requirements
 from .common import (TRY_OFF, TRY_ON, NODE_CATEGORY, Combo, TWGTMConditioning, TWGTMConditioningWire, TWGTMModelWire,
                      b1hw_to_mask, bchw_to_image, check_option)
 
-# The names TWGTMPipeline accepts (twgtm.pipeline.SCHEDULERS); repeated here so that building the node
-# list does not import diffusers. tests/test_nodes.py checks that both lists agree.
-SCHEDULERS = ["ddim", "dpm++", "euler", "ddpm"]
+# The names TWGTMPipeline accepts; twgtm.schedulers does not import diffusers, so the node list can use them.
+SCHEDULERS = list(SCHEDULER_NAMES)
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 # DDIM with the SD schedule (1000 training steps, steps_offset 1) indexes past its table at 1000 steps
 MAX_STEPS = 500
-
-
-def inference_memory(config, batch: int, guidance_scale: float, dtype: torch.dtype) -> int:
-    """Bytes to keep free on the GPU for activations, from ComfyUI's own SD1.5 estimates.
-
-    UNet: ``model_base.memory_required`` (area x dtype size x 0.01 MiB) over the CFG batch of concatenated
-    latents. VAE: the SD AutoencoderKL decode estimate from ``comfy.sd.VAE`` (2178 bytes per output pixel per
-    dtype byte: 64 pixels per latent for the SD VAE, ``vae_scale_factor ** 2`` in general), one image at a time.
-    """
-    h, w = config.latent_size
-    size = 2 if dtype in (torch.float16, torch.bfloat16) else 4
-    area = batch * (2 if guidance_scale > 1.0 else 1) * h * (2 * w)
-    unet = area * size * 0.01 * 1024 * 1024
-    vae = 2178 * h * w * config.vae_scale_factor ** 2 * size
-    return int(max(unet, vae))
 
 
 def progress_callback(total: int):
@@ -49,22 +35,6 @@ def progress_callback(total: int):
         mm.throw_exception_if_processing_interrupted()
 
     return callback
-
-
-def encoder_offload_device():
-    """Where the reference encoders wait while the UNet runs: ComfyUI's offload device when it differs
-    from the compute device (saves ~0.9 GiB of VRAM at full size, outputs unchanged), else nowhere."""
-    offload = mm.unet_offload_device()
-    return offload if offload != mm.get_torch_device() else None
-
-
-def prepare_model(handle, batch: int, guidance_scale: float):
-    """Let ComfyUI put the model on its load device; returns the TWGTMModel."""
-    memory = inference_memory(handle.config, batch, guidance_scale, handle.dtype)
-    # force_full_load: TWGTM modules are plain torch modules (no comfy.ops weight casting), so they
-    # must be entirely on one device
-    mm.load_models_gpu([handle.patcher], memory_required=memory, force_full_load=True)
-    return handle.model
 
 
 class TWGTMSampler(io.ComfyNode):
@@ -87,7 +57,7 @@ class TWGTMSampler(io.ComfyNode):
                 io.Float.Input("cfg", default=2.5, min=1.0, max=20.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale; 1 disables guidance (twice as fast), "
                                        "2 to 3 are typical."),
-                Combo("scheduler", options=SCHEDULERS, default="ddim",
+                Combo("scheduler", options=SCHEDULERS, default=DEFAULT_SCHEDULER,
                       tooltip="Sampler: ddim (the paper's, eta 1), dpm++ (2M, good at fewer steps), "
                               "euler or ddpm."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
@@ -115,14 +85,12 @@ class TWGTMSampler(io.ComfyNode):
                 scheduler: str, denoise: float) -> io.NodeOutput:
         requirements.require("TWGTM Sampler")
         from ..twgtm.images import as_mask_batch
-        from ..twgtm.pipeline import TWGTMPipeline
 
         check_option("scheduler", scheduler, SCHEDULERS)
         if not isinstance(conditioning, TWGTMConditioning):
             raise InputError("conditioning: expected the output of a TWGTM conditioning node, "
                              f"got {type(conditioning).__name__}")
-        net = prepare_model(model, conditioning.batch_size, cfg)
-        pipe = TWGTMPipeline(net, encoder_offload_device=encoder_offload_device())
+        pipe = memory.pipeline(model, conditioning.batch_size, cfg)  # loads each phase's components first
         options = dict(num_inference_steps=int(steps), guidance_scale=float(cfg), generator=int(seed),
                        scheduler=scheduler, strength=float(denoise), callback=progress_callback(int(steps)))
         out_device = mm.intermediate_device()

@@ -2,7 +2,7 @@
 
 What it measures (one JSON object on stdout, and in ``--out``):
 
-* FLOPs at 1024x768 (meta device, as ``python -m twgtm.bench --flops-only``);
+* FLOPs at 1024x768 (meta device, as ``python -m benchmarks --flops-only``);
 * the model: full config, random weights, bf16, built on the GPU; weights per component;
 * the dense bf16 matmul peak of this GPU (8192^3), the denominator of the step efficiency;
 * peak memory above the resident weights per phase (VAE encode one / two images, SAM+SRM+Decoder,
@@ -13,7 +13,7 @@ What it measures (one JSON object on stdout, and in ``--out``):
   try-on, try-on with the encoders offloaded to the CPU; median of 3 after 1 warm-up, peak memory;
 * channels-last UNet (step times, largest output difference), the UNet step under each SDPA backend
   (flash, memory-efficient, cuDNN), and with ``--compile`` torch.compile'd UNet step times;
-* the targets of the issue, met or not.
+* the targets (:mod:`benchmarks.targets`: limits and source in one place): pass, fail or no verdict.
 
 How to run it on a device machine (H100 / H200; no network there; diffusers is not installed there and
 travels as a wheel, pure Python; the other dependencies are in its image), from the repository root:
@@ -35,11 +35,16 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from twgtm import bench
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ and twgtm/
+
+from benchmarks import cases, flops as bench_flops, targets as bench_targets, timing
+from benchmarks.cli import DTYPES
+from benchmarks.report import flat_keys
 
 logger = logging.getLogger("gpu_check")
 
@@ -83,40 +88,20 @@ def memory_model(weights: dict[str, float], phases: dict[str, float]) -> dict[st
     }
 
 
-def targets(report: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets at 1024x768, 50 steps, CFG 2.5, bf16: value and met (None when not measured)."""
-    out: dict[str, Any] = {}
-
-    def put(name: str, value: float | None, ok: Callable[[float], bool]) -> None:
-        out[name] = {"value": value, "met": None if value is None else bool(ok(value))}
-
-    def get(*keys: str) -> float | None:
-        cur: Any = report
-        for k in keys:
-            if not isinstance(cur, dict) or k not in cur:
-                return None
-            cur = cur[k]
-        return cur if isinstance(cur, (int, float)) else None
-
-    le_ratio = lambda v: v <= bench.TARGET_RATIO  # noqa: E731
-    put("flops_ratio_tryon", get("flops_ratio_tryon_1024x768"), le_ratio)
-    put("flops_ratio_tryoff", get("flops_ratio_tryoff_1024x768"), le_ratio)
-    put("time_ratio_tryon", get("cases", "tryon", "ratio_to_baseline"), le_ratio)
-    put("time_ratio_tryoff", get("cases", "tryoff", "ratio_to_baseline"), le_ratio)
-    put("peak_gib_tryon", get("cases", "tryon", "peak_gib"), lambda v: v <= bench.TARGET_PEAK_GIB)
-    put("peak_gib_tryoff", get("cases", "tryoff", "peak_gib"), lambda v: v <= bench.TARGET_PEAK_GIB)
-    put("peak_gib_tryon_offload_encoders", get("cases", "tryon_offload_encoders", "peak_gib"),
-        lambda v: v <= bench.TARGET_PEAK_GIB)
-    put("unet_step_fraction_of_peak", get("step", "twgtm", "fraction_of_peak"), lambda v: v >= bench.TARGET_MFU)
-    put("unet_step_fraction_of_peak_compiled", get("step_compiled", "twgtm", "fraction_of_peak"),
-        lambda v: v >= bench.TARGET_MFU)
-    return out
+def targets(report: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """The targets (:func:`benchmarks.targets.evaluate`) for this run's sections."""
+    measured = {"config": report["config"], "size": report["size"], "device_type": report["device_type"],
+                "dtype": dtype, "steps": report["steps"], "guidance_scale": report["guidance_scale"],
+                "cases": report.get("cases"), "step": report.get("step")}
+    flops = report.get("flops") if isinstance(report.get("flops"), dict) and "sizes" in report["flops"] else None
+    step_compiled = report.get("step_compiled") if isinstance(report.get("step_compiled"), dict) else None
+    return bench_targets.evaluate(flops, measured, step_compiled)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--dtype", choices=sorted(bench.DTYPES), default="bf16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance-scale", type=float, default=2.5)
     p.add_argument("--size", default="1024x768")
@@ -141,68 +126,70 @@ def main(argv: list[str] | None = None) -> int:
     cuda = dev.type == "cuda"
     if not cuda:
         torch.set_num_threads(1)  # the dry run: tiny ops, shared cores
-    dtype = bench.DTYPES[args.dtype]
-    size = bench.parse_size(args.size) if cuda else (64, 48)
-    args.size = bench.size_key(size)
-    report: dict[str, Any] = {"machine": bench.machine_info(), "device": bench.device_name(dev), "config": config,
+    dtype = DTYPES[args.dtype]
+    size = bench_flops.parse_size(args.size) if cuda else (64, 48)
+    args.size = bench_flops.size_key(size)
+    report: dict[str, Any] = {"machine": timing.machine_info(), "device": timing.device_name(dev),
+                              "device_type": dev.type, "config": config,
                               "dtype": args.dtype, "size": args.size, "steps": args.steps,
                               "guidance_scale": args.guidance_scale, "scheduler": "ddim",
                               "cudnn_benchmark": torch.backends.cudnn.benchmark,
                               "sdpa": "F.scaled_dot_product_attention"}
 
     # 1. FLOPs (meta device)
-    flops = _section(report, "flops", lambda: bench.flop_report(config, [size], args.steps,
-                                                                 cfg_on=args.guidance_scale > 1.0), start, 1e9)
+    flops = _section(report, "flops", lambda: bench_flops.flop_report(config, [size], args.steps,
+                                                                       cfg_on=args.guidance_scale > 1.0), start, 1e9)
     if flops:
-        report.update({k: v for k, v in bench.flat_keys({"flops": flops}).items()})
+        report.update(flat_keys({"flops": flops}))
     step_flops = flops["sizes"][args.size]["per_step"] if flops else None
 
-    # 2. model
+    # 2. the components
     def build() -> dict[str, Any]:
         t0 = time.perf_counter()
+        cfg = cases.make_config(config, size)
         try:
-            m = bench.build_model(bench.make_config(config, size), device=dev, dtype=dtype)
+            c = cases.build_components(cfg, device=dev, dtype=dtype)
             where = dev.type
         except Exception:  # noqa: BLE001 -- any construction problem on the GPU: build on the CPU, move
             logger.exception("building on the GPU failed; building on the CPU")
-            m = bench.build_model(bench.make_config(config, size), device=dev, dtype=dtype, build_device="cpu")
+            c = cases.build_components(cfg, device=dev, dtype=dtype, build_device="cpu")
             where = "cpu"
         if cuda:
             torch.cuda.synchronize()
-        report["_model"] = m
-        return {"seconds": time.perf_counter() - t0, "built_on": where, "weights_gib": bench.weights_gib(m),
-                "allocated_gib": torch.cuda.memory_allocated() / bench.GIB if cuda else None}
+        report["_components"] = c
+        return {"seconds": time.perf_counter() - t0, "built_on": where, "weights_gib": timing.weights_gib(c),
+                "allocated_gib": torch.cuda.memory_allocated() / timing.GIB if cuda else None}
 
     _section(report, "build", build, start, 1e9)
-    model = report.pop("_model", None)
-    if model is None:
+    comps = report.pop("_components", None)
+    if comps is None:
         sys.stdout.write(json.dumps(report, indent=1) + "\n")
         return 1
 
     # 3. matmul peak, phases, steps, whole calls
-    peak = _section(report, "matmul_peak_tflops", lambda: bench.matmul_peak_tflops(dev, dtype), start, args.budget_s)
-    _section(report, "phases_gib", lambda: bench.phase_memory(model), start, args.budget_s)
-    _section(report, "step", lambda: bench.time_steps(model, iters=args.step_iters, flops=step_flops,
-                                                      peak_tflops=peak), start, args.budget_s)
-    _section(report, "cases", lambda: bench.time_cases(model, steps=args.steps, guidance_scale=args.guidance_scale,
-                                                       repeats=args.repeats, warmup=args.warmup, naive=True,
-                                                       offload=True), start, args.budget_s)
+    peak = _section(report, "matmul_peak_tflops", lambda: timing.matmul_peak_tflops(dev, dtype), start,
+                    args.budget_s)
+    _section(report, "phases_gib", lambda: timing.phase_memory(comps), start, args.budget_s)
+    _section(report, "step", lambda: timing.time_steps(comps, iters=args.step_iters, flops=step_flops,
+                                                       peak_tflops=peak), start, args.budget_s)
+    _section(report, "cases", lambda: timing.time_cases(comps, steps=args.steps, guidance_scale=args.guidance_scale,
+                                                        repeats=args.repeats, warmup=args.warmup, naive=True,
+                                                        offload=True), start, args.budget_s)
     if cuda and isinstance(report.get("phases_gib"), dict) and "error" not in report["phases_gib"]:
         weights = report["build"]["weights_gib"]
         report["memory_model_gib"] = memory_model(weights, report["phases_gib"])
 
     # 4. channels-last UNet: step times and the largest output difference to the default layout
     def channels_last() -> dict[str, Any]:
-        inp = bench.step_inputs(model, seed=0)
-        fns = bench.step_functions(model, inp)
+        fns = timing.step_functions(comps, timing.step_inputs(comps, seed=0))
         with torch.no_grad():
-            ref = {n: fn() for n, (ctx, fn) in fns.items() if n != "baseline"}
-            model.unet.to(memory_format=torch.channels_last)
+            ref = {n: fn() for n, fn in fns.items() if n != "baseline"}
+            comps.unet.to(memory_format=torch.channels_last)
             try:
-                out = {n: fn() for n, (ctx, fn) in fns.items() if n != "baseline"}
-                steps = bench.time_steps(model, iters=args.step_iters, flops=step_flops, peak_tflops=peak)
+                out = {n: fn() for n, fn in fns.items() if n != "baseline"}
+                steps = timing.time_steps(comps, iters=args.step_iters, flops=step_flops, peak_tflops=peak)
             finally:
-                model.unet.to(memory_format=torch.contiguous_format)
+                comps.unet.to(memory_format=torch.contiguous_format)
         return {"step": steps, "max_abs_diff": {n: _max_abs_diff(ref[n], out[n]) for n in ref},
                 "output_abs_max": {n: float(ref[n].float().abs().max()) for n in ref}}
 
@@ -221,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 with sdpa_kernel(backend):
-                    out[name] = bench.time_steps(model, iters=max(3, args.step_iters // 2), flops=step_flops,
-                                                 peak_tflops=peak)
+                    out[name] = timing.time_steps(comps, iters=max(3, args.step_iters // 2), flops=step_flops,
+                                                  peak_tflops=peak)
             except RuntimeError as exc:
                 out[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         return out
@@ -231,23 +218,22 @@ def main(argv: list[str] | None = None) -> int:
 
     # 6. torch.compile'd UNet (in place, so processors and K'/V' lookups keep working)
     def compiled() -> dict[str, Any]:
-        inp = bench.step_inputs(model, seed=0)
-        fns = bench.step_functions(model, inp)
+        fns = timing.step_functions(comps, timing.step_inputs(comps, seed=0))
         with torch.no_grad():
-            ref = fns["twgtm"][1]()
-            model.unet.compile()
+            ref = fns["twgtm"]()
+            comps.unet.compile()
             t0 = time.perf_counter()
-            out = fns["twgtm"][1]()
-            bench.sync(dev)
+            out = fns["twgtm"]()
+            timing.sync(dev)
             first_s = time.perf_counter() - t0
-        report["step_compiled"] = bench.time_steps(model, iters=args.step_iters, warmup=3, flops=step_flops,
-                                                   peak_tflops=peak)
+        report["step_compiled"] = timing.time_steps(comps, iters=args.step_iters, warmup=3, flops=step_flops,
+                                                    peak_tflops=peak)
         return {"first_call_s": first_s, "max_abs_diff_twgtm": _max_abs_diff(ref, out)}
 
     if args.compile:
         _section(report, "compile", compiled, start, args.budget_s)
 
-    report["targets"] = targets(report)
+    report["targets"] = targets(report, str(dtype).replace("torch.", ""))
     report["total_seconds"] = time.perf_counter() - start
     text = json.dumps(report, indent=1, default=str)
     if args.out:

@@ -2,22 +2,27 @@
 
 ComfyUI's own unit tests replace ``nodes`` and ``server`` in ``sys.modules`` before importing a module
 (``tests-unit/comfy_extras_test/image_stitch_test.py``). Here ``comfy`` (model_management, model_patcher,
-utils), ``folder_paths``, ``server`` and ``comfy_api.latest.io`` are replaced by the small modules below,
-which copy the behaviour the pack relies on from ComfyUI 0.3.64:
+utils), ``folder_paths``, ``server`` and ``comfy_api`` (``v0_0_2`` and ``latest``, the same ``io`` and
+``ComfyExtension`` as in the real host) are replaced by the small modules below, which copy the behaviour
+the pack relies on from ComfyUI 0.3.64:
 
 * ``io``: ``Schema`` / ``ComfyNode`` / inputs and outputs, with ``get_v1_info`` giving the same
   ``/object_info`` entries as the real server (checked against a real server in test_comfyui_live.py);
 * ``ModelPatcher`` writes ``device`` and its bookkeeping attributes onto the managed module, as the real
-  one does, and ``load_models_gpu`` moves it to the load device;
+  one does, and ``load_models_gpu`` moves it to the load device (each call is recorded);
 * the interrupt flag, ``ProgressBar`` with its global hook, and ``folder_paths``' folder registry.
 
-Also here: :func:`load_pack` imports the pack the way ComfyUI does (by file path, as a package),
-:func:`validate_api_prompt` / :func:`validate_ui_workflow` / :func:`ui_to_api` check workflows against
-``/object_info``-format node definitions like ComfyUI's prompt validation and frontend do, and
-:func:`comfy_node_errors` gives the errors ComfyUI 0.3.64 itself reports for a prompt (gaps included).
+Also here: :func:`load_pack` imports the pack the way ComfyUI does (by file path, as a package) and
+registers its nodes as ``nodes.load_custom_node`` does (:func:`register_nodes`: ``NODE_CLASS_MAPPINGS`` if
+the pack has it, else ``comfy_entrypoint``); :func:`validate_api_prompt` / :func:`validate_ui_workflow` /
+:func:`ui_to_api` check workflows against ``/object_info``-format node definitions like ComfyUI's prompt
+validation and frontend do, and :func:`comfy_node_errors` gives the errors ComfyUI 0.3.64 itself reports
+for a prompt (gaps included).
 """
 from __future__ import annotations
 
+import abc
+import asyncio
 import contextlib
 import dataclasses
 import importlib.machinery
@@ -35,7 +40,7 @@ PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_MODULE = "twgtm_comfy_pack"
 
 
-# ============================================================================ comfy_api.latest.io
+# ============================================================================ comfy_api io
 def _prune(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
@@ -219,6 +224,17 @@ class _ComfyNode:
 
 def _custom(io_type: str):
     return _comfytype(io_type)
+
+
+class ComfyExtension(abc.ABC):
+    """comfy_api.latest.ComfyExtension (re-exported by comfy_api.v0_0_2)."""
+
+    async def on_load(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    async def get_node_list(self) -> list:
+        ...
 
 
 def make_io_module() -> types.ModuleType:
@@ -412,21 +428,68 @@ def make_stub_modules(base: Path) -> dict[str, types.ModuleType]:
     comfy.model_management, comfy.model_patcher, comfy.utils = mm, patcher, utils
     comfy_api = types.ModuleType("comfy_api")
     comfy_api.__path__ = []
+    io = make_io_module()
     latest = types.ModuleType("comfy_api.latest")
     latest.__path__ = []
-    latest.io = make_io_module()
-    comfy_api.latest = latest
+    latest.io, latest.ComfyExtension = io, ComfyExtension
+    v0_0_2 = types.ModuleType("comfy_api.v0_0_2")  # the versioned API: re-exports latest's io and ComfyExtension
+    v0_0_2.__path__ = []
+    v0_0_2.io, v0_0_2.ComfyExtension = io, ComfyExtension
+    comfy_api.latest, comfy_api.v0_0_2 = latest, v0_0_2
     modules = {"comfy": comfy, "comfy.model_management": mm, "comfy.model_patcher": patcher, "comfy.utils": utils,
-               "comfy_api": comfy_api, "comfy_api.latest": latest, "comfy_api.latest.io": latest.io,
-               "folder_paths": make_folder_paths(base), "server": make_server()}
+               "comfy_api": comfy_api, "comfy_api.latest": latest, "comfy_api.latest.io": io,
+               "comfy_api.v0_0_2": v0_0_2, "folder_paths": make_folder_paths(base), "server": make_server()}
     for name, module in modules.items():  # importlib.util.find_spec() wants a spec on loaded modules
         module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=hasattr(module, "__path__"))
     return modules
 
 
+@dataclasses.dataclass
+class Registered:
+    """The pack's nodes as ComfyUI registered them."""
+
+    via: str                        # "NODE_CLASS_MAPPINGS" or "comfy_entrypoint"
+    classes: dict[str, type]        # node id -> class
+    display_names: dict[str, str]   # node id -> display name
+
+
+def register_nodes(module, module_path: str = "custom_nodes.ComfyUI-TWGTM") -> Registered:
+    """What ComfyUI 0.3.64's ``nodes.load_custom_node`` does with an imported pack: ``NODE_CLASS_MAPPINGS``
+    when the module has one (then ``comfy_entrypoint`` is ignored), else ``comfy_entrypoint()`` (awaited when
+    it is a coroutine function), which must return a ``ComfyExtension`` whose ``get_node_list()`` is a list;
+    node ids and display names come from each node's schema."""
+    if getattr(module, "NODE_CLASS_MAPPINGS", None) is not None:
+        classes = dict(module.NODE_CLASS_MAPPINGS)
+        for cls in classes.values():
+            cls.RELATIVE_PYTHON_MODULE = module_path
+        return Registered("NODE_CLASS_MAPPINGS", classes, dict(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}) or {}))
+    entrypoint = getattr(module, "comfy_entrypoint", None)
+    if not callable(entrypoint):
+        raise LookupError("the pack has neither NODE_CLASS_MAPPINGS nor a callable comfy_entrypoint")
+
+    async def register():
+        extension = await entrypoint() if inspect.iscoroutinefunction(entrypoint) else entrypoint()
+        if not isinstance(extension, ComfyExtension):
+            raise TypeError(f"comfy_entrypoint did not return a ComfyExtension, got {type(extension).__name__}")
+        node_list = await extension.get_node_list()
+        if not isinstance(node_list, list):
+            raise TypeError(f"get_node_list did not return a list, got {type(node_list).__name__}")
+        return node_list
+
+    classes, names = {}, {}
+    for cls in asyncio.run(register()):
+        schema = cls.GET_SCHEMA()
+        classes[schema.node_id] = cls
+        cls.RELATIVE_PYTHON_MODULE = module_path
+        if schema.display_name is not None:
+            names[schema.node_id] = schema.display_name
+    return Registered("comfy_entrypoint", classes, names)
+
+
 @contextlib.contextmanager
 def load_pack(base: Path, name: str = PACK_MODULE, stubs: dict | None = None):
-    """Install the stubs, import the pack as ComfyUI does (by path, as a package) and yield it.
+    """Install the stubs, import the pack as ComfyUI does (by path, as a package), register its nodes
+    (:func:`register_nodes`, as ``pack.registered``) and yield it.
 
     ``base`` plays ComfyUI's base directory (``models/``, ``input/``...). On exit the stubs and the
     pack's modules are removed again; libraries imported meanwhile (torch, diffusers) stay loaded.
@@ -445,6 +508,7 @@ def load_pack(base: Path, name: str = PACK_MODULE, stubs: dict | None = None):
         sys.modules[name] = module
         spec.loader.exec_module(module)
         module.stubs = stubs
+        module.registered = register_nodes(module)
         yield module
     finally:
         for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
@@ -458,7 +522,7 @@ def load_pack(base: Path, name: str = PACK_MODULE, stubs: dict | None = None):
 
 def object_info(pack) -> dict[str, dict]:
     """``/object_info`` entries of the pack's nodes, as the server builds them for V3 classes."""
-    return {name: cls.GET_NODE_INFO_V1() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+    return {name: cls.GET_NODE_INFO_V1() for name, cls in pack.registered.classes.items()}
 
 
 # ============================================================================ workflow checks

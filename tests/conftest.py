@@ -5,7 +5,7 @@ import torch
 import pytest
 
 from twgtm.config import TWGTMConfig
-from twgtm.model import TWGTMModel
+from twgtm.components import TWGTMComponents
 
 # CI: with TWGTM_REQUIRE_COMFYUI=1 a skipped `comfyui` test fails (see ci_guard.py).
 from ci_guard import pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: F401
@@ -13,10 +13,10 @@ from ci_guard import pytest_collection_modifyitems, pytest_runtest_makereport  #
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def make_tiny_model(seed: int = 0, *, stage: int = 2, randomize_zll: bool = True) -> TWGTMModel:
+def make_tiny_model(seed: int = 0, *, stage: int = 2, randomize_zll: bool = True) -> TWGTMComponents:
     """A seeded tiny model. ``randomize_zll`` gives Extended Attention a non-zero effect (ZLL starts at 0)."""
     torch.manual_seed(seed)
-    model = TWGTMModel(TWGTMConfig.tiny(stage=stage), random_prompts=True)
+    model = TWGTMComponents.build(TWGTMConfig.tiny(stage=stage), random_prompts=True)
     if randomize_zll and model.stage == 2:
         g = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
@@ -26,12 +26,12 @@ def make_tiny_model(seed: int = 0, *, stage: int = 2, randomize_zll: bool = True
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> TWGTMModel:
+def tiny_model() -> TWGTMComponents:
     return make_tiny_model(0)
 
 
 @pytest.fixture()
-def fresh_tiny_model() -> TWGTMModel:
+def fresh_tiny_model() -> TWGTMComponents:
     return make_tiny_model(0)
 
 

@@ -199,10 +199,10 @@ def test_text_encoder_layouts_and_wrong_keys(cfg, parts, tmp_path, no_network):
 
 # --------------------------------------------------------------------------- Swin
 def _swin_model(cfg):
-    from twgtm.model import TWGTMModel
+    from twgtm.components import TWGTMComponents
 
     torch.manual_seed(0)
-    return TWGTMModel(cfg, random_prompts=True)
+    return TWGTMComponents.build(cfg, random_prompts=True)
 
 
 def test_swin_file_layouts_load_exactly(cfg, tmp_path):
@@ -214,10 +214,10 @@ def test_swin_file_layouts_load_exactly(cfg, tmp_path):
                  fx.save_tensors(sd, tmp_path / "hf-swin" / "model.safetensors")):
         target = path.parent if path.parent.name == "hf-swin" else path
         with torch.no_grad():
-            for p in model.srm.swin.parameters():
+            for p in model.reference_encoder.srm.swin.parameters():
                 p.zero_()
         load_swin_weights(model, str(target))
-        for k, v in model.srm.swin.state_dict().items():
+        for k, v in model.reference_encoder.srm.swin.state_dict().items():
             assert torch.equal(v, sd[k if k.split(".")[0] == "patch_embed" else k.replace("_", ".", 1)]), k
 
 
@@ -440,7 +440,7 @@ def test_full_model_from_single_files(cfg, parts, tmp_path):
     unet = fx.plain_unet(cfg)
     unet.load_state_dict({k: v for k, v in m.unet.state_dict().items() if ".processor." not in k})
     ckpt = fx.sd_checkpoint(cfg, tmp_path / "sd15-inpainting.safetensors", unet=unet, vae=m.vae)
-    save_file(fx.state(m.sam.clip_vision), str(tmp_path / "clip.safetensors"))
+    save_file(fx.state(m.reference_encoder.sam.clip_vision), str(tmp_path / "clip.safetensors"))
     path = save_twgtm(m, tmp_path / "trained.safetensors")
     loaded = load_twgtm(path, base=BaseSources(unet=str(ckpt), vae=str(ckpt), clip_vision=str(tmp_path / "clip.safetensors")))
     own = m.state_dict()

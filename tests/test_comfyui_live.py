@@ -15,6 +15,7 @@ Every test here is marked ``comfyui``; with ``TWGTM_REQUIRE_COMFYUI=1`` (set by 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -100,30 +101,36 @@ def _make_models(base: Path) -> None:
     from safetensors.torch import save_file
 
     from twgtm.config import TWGTMConfig
-    from twgtm.model import TWGTMModel
+    from twgtm.components import TWGTMComponents
     from twgtm.weights import save_twgtm
 
     torch.manual_seed(0)
-    save_twgtm(TWGTMModel(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / EXAMPLE_CHECKPOINT,
+    save_twgtm(TWGTMComponents.build(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / EXAMPLE_CHECKPOINT,
                include_base=True)
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 9, 3, 3)},
               str(base / "models" / "twgtm" / NOT_TWGTM))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfyui_base")
+def _base_dir(tmp_path_factory, name: str) -> Path:
+    """A scratch ``--base-directory``: the pack linked in custom_nodes/, the example inputs, the model files."""
+    base = tmp_path_factory.mktemp(name)
     for sub in ("custom_nodes", "input", "output", "temp", "user", "models/twgtm"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_LINK).symlink_to(comfy_stubs.PACK_ROOT, target_is_directory=True)
     for png in INPUTS.glob("*.png"):
         (base / "input" / png.name).write_bytes(png.read_bytes())
     _make_models(base)
-    port = _free_port()
-    log = base / "server.log"
+    return base
+
+
+@contextlib.contextmanager
+def _running_server(base: Path, entry: list[str]):
+    """Start ComfyUI (``entry``: how its Python starts main.py) on a free loopback port with ``base``; wait until
+    it answers, yield the :class:`Server`, and stop it (SIGINT, then kill) afterwards."""
+    port, log = _free_port(), base / "server.log"
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+    cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), *entry, "--cpu", "--listen", "127.0.0.1",
            "--port", str(port), "--base-directory", str(base), "--disable-auto-launch",
            "--database-url", "sqlite:///:memory:"]
     with open(log, "w") as logf:
@@ -150,6 +157,12 @@ def server(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with _running_server(_base_dir(tmp_path_factory, "comfyui_base"), ["main.py"]) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +322,139 @@ def test_interrupt_stops_the_sampler_and_the_model_stays_usable(server):
     assert again["status"]["status_str"] == "success"
 
 
+def _log_since(server: Server, offset: int) -> list[str]:
+    return server.log.read_text()[offset:].splitlines()
+
+
+def _unload_all_models(server: Server) -> None:
+    """POST /free {"unload_models": true}: the prompt worker unloads every model when it next wakes up
+    (at once, when idle); ComfyUI's output cache (the loaded TWGTM_MODEL) is kept."""
+    assert _http("POST", server.url + "/free", {"unload_models": True})[0] == 200
+    time.sleep(2.0)
+
+
+def test_each_node_loads_only_the_components_it_needs(server):
+    """One ModelPatcher per component, loaded by load_models_gpu only when a node needs it: ComfyUI logs
+    "Requested to load <holder class>" for each. Garment Mask: the reference encoder alone. Sampler: the
+    reference encoder, then the UNet and the VAE."""
+    mask_only = {k: v for k, v in copy.deepcopy(load("twgtm_try_off_api")).items() if k in ("1", "2", "3")}
+    mask_only["3"]["inputs"]["threshold"] = 0.37  # not a cached output
+    mask_only["8"] = {"class_type": "MaskToImage", "inputs": {"mask": ["3", 0]}}
+    mask_only["9"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    requested = lambda lines: [ln.split("Requested to load ")[1].strip() for ln in lines  # noqa: E731
+                               if "Requested to load " in ln]
+
+    _unload_all_models(server)
+    offset = len(server.log.read_text())
+    assert server.run(mask_only)["status"]["status_str"] == "success"
+    assert requested(_log_since(server, offset)) == ["TWGTMReferenceEncoder"]
+
+    _unload_all_models(server)
+    offset = len(server.log.read_text())
+    prompt = copy.deepcopy(load("twgtm_try_on_api"))
+    prompt["7"]["inputs"].update(steps=2, seed=123)  # a new sampler run; the loader's output is reused
+    assert server.run(prompt)["status"]["status_str"] == "success"
+    lines = _log_since(server, offset)
+    loaded = requested(lines)  # load_models_gpu loads the models of one call in no fixed order
+    assert loaded[0] == "TWGTMReferenceEncoder" and sorted(loaded[1:]) == ["TWGTMUNet", "TWGTMVAE"], loaded
+    assert not [ln for ln in lines if "TWGTM: loading" in ln]  # ComfyUI's output cache kept the model
+
+
+PARTIAL_LOAD_PROBE = """
+import importlib, importlib.util, json, os, sys
+pack_root = sys.argv[1]
+sys.argv = ["main.py", "--cpu"]
+sys.path.insert(0, os.getcwd())  # the ComfyUI checkout
+import comfy.options
+comfy.options.enable_args_parsing()
+import torch
+import comfy.model_patcher
+
+spec = importlib.util.spec_from_file_location("twgtm_partial_probe", os.path.join(pack_root, "__init__.py"),
+                                              submodule_search_locations=[pack_root])
+pack = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = pack
+spec.loader.exec_module(pack)
+loader = importlib.import_module(spec.name + ".nodes.loader")
+TWGTMConfig = importlib.import_module(spec.name + ".twgtm.config").TWGTMConfig
+TWGTMComponents = importlib.import_module(spec.name + ".twgtm.components").TWGTMComponents
+META, CPU = torch.device("meta"), torch.device("cpu")
+cfg = TWGTMConfig.tiny()
+
+
+def build():
+    torch.manual_seed(0)
+    return TWGTMComponents.build(cfg, random_prompts=True).eval()
+
+
+def forward(name, net):
+    dev = net.device  # where the pipeline puts a component's inputs
+    with torch.no_grad():
+        if name == "reference_encoder":
+            return net.garment_mask_logits(torch.zeros(1, 3, cfg.height, cfg.width, device=dev),
+                                           torch.zeros(1, dtype=torch.long, device=dev))
+        if name == "vae":
+            return net.encode(torch.zeros(1, 3, cfg.height, cfg.width, device=dev))
+        h, w = cfg.latent_size
+        ctx = torch.zeros(1, 1 + cfg.qformer.num_queries, cfg.cross_attention_dim, device=dev)
+        return net(torch.zeros(1, 9, h, 2 * w, device=dev), 10, encoder_hidden_states=ctx)
+
+
+def devices(module):
+    tensors = [t for _, t in module.named_parameters()] + [t for _, t in module.named_buffers()]
+    return {"moved": sum(t.device == META for t in tensors), "left": sum(t.device == CPU for t in tensors)}
+
+
+out = {}
+for budget in ("half", "roomy"):
+    for name, net in build().modules().items():
+        holder = loader.HOLDERS[name](net)
+        patcher = comfy.model_patcher.ModelPatcher(holder, load_device=META, offload_device=CPU)
+        memory = patcher.model_size() // 2 if budget == "half" else patcher.model_size() * 10
+        patcher.load(META, lowvram_model_memory=memory, full_load=False)  # a partial (lowvram) load
+        r = dict(devices(holder), model_lowvram=holder.model_lowvram)
+        try:
+            forward(name, net)
+            r["forward"] = "ok"
+        except Exception as e:
+            r["forward"] = f"{type(e).__name__}: {e}"
+        patcher.load(META, full_load=True)  # what force_full_load=True asks for
+        r["full_load"] = devices(holder)
+        out[f"{budget}/{name}"] = r
+try:
+    bare = build().unet
+    comfy.model_patcher.ModelPatcher(bare, load_device=CPU, offload_device=CPU).load(CPU, full_load=True)
+    out["bare_unet"] = "ok"
+except Exception as e:
+    out["bare_unet"] = f"{type(e).__name__}: {e}"
+print(json.dumps(out))
+"""
+
+
+def test_a_partial_comfyui_load_leaves_plain_modules_behind():
+    """Why nodes/memory.py loads with force_full_load=True: with the real ``ModelPatcher.load`` a partial
+    (lowvram) load of a TWGTM component moves only the modules that fit (the meta device plays the GPU) and
+    leaves the rest of these plain torch modules on the offload device, while ComfyUI records the model as
+    completely loaded (``model_lowvram`` False); the component then fails on a device mismatch. Parameters of
+    non-leaf modules (the reference encoder's Swin and CLIP) stay behind even when everything would fit.
+    A full load moves everything. And a component needs its holder: ModelPatcher sets ``device`` on it."""
+    proc = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", PARTIAL_LOAD_PROBE,
+                           str(comfy_stubs.PACK_ROOT)], cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    print(json.dumps(out, indent=1))  # the counts, for the record (pytest -s)
+    for name in ("unet", "vae", "reference_encoder"):
+        r = out[f"half/{name}"]
+        assert r["moved"] > 0 and r["left"] > 0, (name, r)  # split between the two devices
+        assert r["model_lowvram"] is False, (name, r)      # and ComfyUI believes it is loaded completely
+        assert r["forward"].startswith("RuntimeError") and "device" in r["forward"], (name, r)
+        assert r["full_load"]["left"] == 0, (name, r)
+    roomy = out["roomy/reference_encoder"]
+    assert roomy["left"] > 0 and roomy["forward"].startswith("RuntimeError"), roomy
+    assert out["bare_unet"].startswith("AttributeError") and "device" in out["bare_unet"], out["bare_unet"]
+
+
 # ----------------------------------------------------------------------------- validation before the run
 def _bad_prompts() -> dict[str, dict]:
     """Try-on prompts with one mistake each (they must all be refused by POST /prompt)."""
@@ -373,7 +519,7 @@ def test_the_stubs_report_the_errors_of_the_real_server(server):
     with comfy_stubs.load_pack(server.base, name="twgtm_live_validation_probe") as pack:
         for case, prompt in _bad_prompts().items():
             status, resp = server.submit(prompt)
-            expected = comfy_stubs.comfy_node_errors(prompt, pack.NODE_CLASS_MAPPINGS)
+            expected = comfy_stubs.comfy_node_errors(prompt, pack.registered.classes)
             assert _summary(resp["node_errors"]) == _summary(expected), case
             assert status == 400, case
 
@@ -432,41 +578,9 @@ runpy.run_path("main.py", run_name="__main__")
 @pytest.fixture(scope="module")
 def server_without_requirements(tmp_path_factory):
     """A second server whose Python lacks diffusers and timm (hidden by an import hook)."""
-    base = tmp_path_factory.mktemp("comfyui_base_noreq")
-    for sub in ("custom_nodes", "input", "output", "temp", "user", "models/twgtm"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "custom_nodes" / PACK_LINK).symlink_to(comfy_stubs.PACK_ROOT, target_is_directory=True)
-    for png in INPUTS.glob("*.png"):
-        (base / "input" / png.name).write_bytes(png.read_bytes())
-    _make_models(base)
-    port, log = _free_port(), base / "server.log"
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    cmd = [python, "-c", HIDE_REQUIREMENTS, "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:"]
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
-    srv = Server(base, f"http://127.0.0.1:{port}", proc, log)
-    try:
-        deadline = time.time() + 240
-        while True:
-            assert proc.poll() is None, "ComfyUI exited during start-up:\n" + log.read_text()[-4000:]
-            try:
-                if srv.get("/system_stats")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline, "ComfyUI did not start:\n" + log.read_text()[-4000:]
-            time.sleep(0.5)
-        yield srv, python
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    base = _base_dir(tmp_path_factory, "comfyui_base_noreq")
+    with _running_server(base, ["-c", HIDE_REQUIREMENTS]) as srv:
+        yield srv, os.environ.get("COMFYUI_PYTHON", sys.executable)
 
 
 def test_missing_requirements_are_named_once_with_the_install_command(server_without_requirements):

@@ -6,7 +6,7 @@ import torch
 
 from twgtm.config import TWGTMConfig, canonical_category
 from twgtm.errors import ConfigError
-from twgtm.model import TWGTMModel
+from twgtm.components import TWGTMComponents
 
 
 @pytest.mark.parametrize("preset", [TWGTMConfig.tiny, TWGTMConfig.full])
@@ -59,8 +59,8 @@ def test_categories():
 
 def test_tiny_is_small():
     torch.manual_seed(0)
-    m = TWGTMModel(TWGTMConfig.tiny(), random_prompts=True)
-    n = sum(p.numel() for p in m.parameters())
+    m = TWGTMComponents.build(TWGTMConfig.tiny(), random_prompts=True)
+    n = sum(p.numel() for part in m.modules().values() for p in part.parameters())
     assert n < 5_000_000
 
 
@@ -71,18 +71,20 @@ def _count(module):
 def test_full_config_parameter_counts_on_meta():
     """The full model instantiates on the meta device with the spec's parameter counts (within 10%)."""
     with torch.device("meta"):
-        m = TWGTMModel(TWGTMConfig.full())
+        c = TWGTMComponents.build(TWGTMConfig.full())
+    m, ref = c, c.reference_encoder
     unet_tf = sum(p.numel() for n, p in m.unet.named_parameters() if ".attentions." in n and ".processor." not in n)
     ea = sum(p.numel() for n, p in m.unet.named_parameters() if ".processor." in n)
     unet_base = sum(p.numel() for n, p in m.unet.named_parameters() if ".processor." not in n)
-    swin = _count(m.srm.swin)
+    swin = _count(ref.srm.swin)
     expected = {  # ARCHITECTURE.md section 3
         "unet": (unet_base, 859.5e6), "unet_transformer": (unet_tf, 267e6), "vae": (_count(m.vae), 83.7e6),
-        "clip_vision": (_count(m.sam.clip_vision), 304e6), "qformer": (_count(m.sam.qformer), 58e6),
-        "swin": (swin, 59.5e6), "srm_rest": (_count(m.srm) - swin, 2e6 + 15.5e6), "decoder": (_count(m.decoder), 5.7e6),
+        "clip_vision": (_count(ref.sam.clip_vision), 304e6), "qformer": (_count(ref.sam.qformer), 58e6),
+        "swin": (swin, 59.5e6), "srm_rest": (_count(ref.srm) - swin, 2e6 + 15.5e6),
+        "decoder": (_count(ref.decoder), 5.7e6),
         "extended_attention": (ea, 37.2e6),
     }
     for name, (got, want) in expected.items():
         assert abs(got - want) / want < 0.10, f"{name}: {got / 1e6:.2f}M vs spec {want / 1e6:.1f}M"
-    trained = unet_tf + ea + _count(m.sam.qformer) + _count(m.srm) + _count(m.decoder)
+    trained = unet_tf + ea + _count(ref.sam.qformer) + _count(ref.srm) + _count(ref.decoder)
     assert abs(trained - 445e6) / 445e6 < 0.10, trained

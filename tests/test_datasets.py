@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from training.config import DATASET_KINDS
 from training.datasets import (DatasetError, DatasetFileError, DressCodeDataset, VitonHDDataset, detect_layout,
                                garment_mask_from_white_background, open_dataset)
 from twgtm.config import CATEGORIES
+from twgtm.errors import ConfigError
 
 H, W = 32, 24
 IDS = ["000001_00", "000002_00", "000003_00"]
@@ -218,7 +220,7 @@ def test_bad_arguments(tmp_path):
         VitonHDDataset(root, size=(0, 24))
     with pytest.raises(DatasetError, match="categories"):
         VitonHDDataset(root, categories=["shoes"])
-    with pytest.raises(DatasetError, match="kind"):
+    with pytest.raises(ConfigError, match=r"kind: expected one of \('auto', 'vitonhd', 'dresscode'\), got 'deepfashion'"):
         open_dataset(root, kind="deepfashion")
 
 
@@ -328,6 +330,38 @@ def test_detect_layout_both_or_neither(tmp_path):
     with pytest.raises(DatasetError, match="both"):
         detect_layout(tmp_path)
     assert isinstance(open_dataset(tmp_path, kind="vitonhd", size=(H, W)), VitonHDDataset)
+
+
+# --------------------------------------------------------------------------------------------
+# the one dispatch from a dataset kind to its reader (open_dataset), used by the run's data building
+# --------------------------------------------------------------------------------------------
+
+def test_every_config_kind_has_a_reader():
+    assert tuple(open_dataset.__globals__["_READERS"]) == DATASET_KINDS
+    assert (VitonHDDataset.kind, DressCodeDataset.kind) == DATASET_KINDS
+
+
+def test_run_datasets_open_through_the_one_dispatch(tmp_path):
+    from training.config import load_run_config
+    from training.data import build_eval_dataset, build_train_dataset
+    from twgtm.config import TWGTMConfig
+
+    viton, dc = make_vitonhd(tmp_path / "v"), make_dresscode(tmp_path / "d", cats=("dresses", "upper_body"))
+    run = load_run_config(None, ["weights.random_base=true", f"data.datasets=[{{kind: vitonhd, root: {viton}}}, "
+                                 f"{{kind: dresscode, root: {dc}, categories: [dresses]}}]"])
+    cfg = TWGTMConfig.tiny(height=H, width=W)
+    train = build_train_dataset(run, cfg)
+    parts = train.datasets
+    assert [type(p) for p in parts] == [VitonHDDataset, DressCodeDataset] and parts[1].categories == ("dress",)
+    assert isinstance(build_eval_dataset(run, cfg, pairs="paired"), VitonHDDataset)
+
+    # a kind that no reader has is a ConfigError naming the known ones (it used to fall through to DressCode)
+    run.data.datasets[1].kind = "deepfashion"
+    with pytest.raises(ConfigError, match=r"expected one of \('auto', 'vitonhd', 'dresscode'\), got 'deepfashion'"):
+        build_train_dataset(run, cfg)
+    with pytest.raises(ConfigError, match=r"data.datasets\[1\].kind: expected one of \('vitonhd', 'dresscode'\)"):
+        load_run_config(None, ["weights.random_base=true", f"data.datasets=[{{kind: vitonhd, root: {viton}}}, "
+                                                            f"{{kind: deepfashion, root: {dc}}}]"])
 
 
 def test_garment_mask_from_white_background_closes_gaps():

@@ -12,8 +12,8 @@ from twgtm.weights import save_twgtm
 
 from training.config import load_run_config
 from training.evaluate import EvalOptions, evaluate
-from training.report import (PRIMARY_COMPARISONS, baseline_report, changed_region, region_l1, region_ssim,
-                             save_image_grid)
+from training.grids import save_image_grid
+from training.report import PRIMARY_COMPARISONS, baseline_report, changed_region, region_l1, region_ssim
 
 from conftest import make_tiny_model
 
@@ -127,6 +127,37 @@ def test_evaluate_cli_on_a_checkpoint(tmp_path, synthetic_root, no_backbones):
     summary = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert summary["settings"]["tryoff_region"] == "gt_box" and summary["protocols"]["vtoff"]["items"] == 2
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.safetensors"), "--data", str(synthetic_root)]) == 2
+
+
+def test_evaluate_options_extend_the_run_configs_eval_section(tmp_path, monkeypatch):
+    """One definition of the sampler / metric settings: EvalOptions is the run config's EvalConfig plus the
+    options of one call; ``evaluate --config`` takes them from the run (interpolated) and the CLI overrides them."""
+    import dataclasses
+
+    from twgtm.schedulers import SCHEDULER_NAMES
+
+    from training import evaluate
+    from training.cli import build_parser, main
+    from training.config import EvalConfig
+
+    assert issubclass(evaluate.EvalOptions, EvalConfig)
+    shared = {f.name for f in dataclasses.fields(EvalConfig)}
+    assert shared < {f.name for f in dataclasses.fields(evaluate.EvalOptions)}
+    evaluate_parser = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    choices = {a.dest: a.choices for a in evaluate_parser._actions}
+    assert tuple(choices["scheduler"]) == SCHEDULER_NAMES
+
+    seen = {}
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda *a, **kw: seen.update(kw) or {"protocols": {}})
+    (tmp_path / "run.yaml").write_text((REPO / "configs" / "tiny.yaml").read_text().replace("eval:\n", "eval:\n  weights_dir: ${config_dir}/metrics\n"
+                                                                              "  seed: 7\n"))
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", str(tmp_path),
+               "--config", str(tmp_path / "run.yaml"), "--steps", "3", "--device", "cpu"])
+    assert rc == 0
+    opts = seen["opts"]
+    run = load_run_config(tmp_path / "run.yaml")
+    assert {k: getattr(opts, k) for k in shared} == dict(dataclasses.asdict(run.eval), num_inference_steps=3)
+    assert opts.weights_dir == f"{tmp_path.resolve()}/metrics" and opts.seed == 7
 
 
 # ---------------------------------------------------------------------------------------------- baseline report

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+from training.objective import sample_square_region
 from twgtm.latents import (build_condition, concat_halves, dilate, erode, largest_component, mask_to_box,
-                           sample_square_region, split_halves, target_half, unconditional, unet_input, white_canvas)
+                           split_halves, target_half, unconditional, unet_input, white_canvas)
 
 
 def stub_encode(x):

@@ -1,4 +1,4 @@
-"""Extended Attention, stages, trainable sets and losses (ARCHITECTURE.md section 4: 5, 10, 11)."""
+"""Components: Extended Attention, stages, trainable sets and the training objective (ARCHITECTURE.md section 4: 5, 10, 11)."""
 import copy
 
 import pytest
@@ -7,10 +7,10 @@ from diffusers import DDPMScheduler
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from conftest import make_tiny_model
-from twgtm.attention import ExtendedAttnProcessor, attn1_names, level_from_name
+from training.losses import dice_loss, mask_loss
+from training.objective import TrainingObjective, spec_parameter_groups
+from twgtm.attention import attn1_names, level_from_name, model_output, precompute_srm_kv
 from twgtm.config import TWGTMConfig
-from twgtm.losses import dice_loss, mask_loss
-from twgtm.model import TWGTMModel
 
 
 def batch(b=4, seed=0):
@@ -51,11 +51,12 @@ def test_stage2_starts_bit_identical_to_stage1():
     s1 = make_tiny_model(0, stage=1)
     s2 = copy.deepcopy(s1)
     s2.enable_stage2()
-    assert s1.stage == 1 and s2.stage == 2 and s1.decoder is None
+    assert s1.stage == 1 and s2.stage == 2 and s1.reference_encoder.decoder is None
+    assert s2.reference_encoder.decoder is not None and s2.config.stage == 2
     x, t, f_sam, f_srm = unet_args(s1)
     with torch.no_grad():
-        a = s1.predict_noise(x, t, f_sam)
-        b = s2.predict_noise(x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2))
+        a = model_output(s1.unet, x, t, f_sam)
+        b = model_output(s2.unet, x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2))
     assert torch.allclose(a, b, atol=1e-6)
     assert torch.equal(a, b)
 
@@ -67,8 +68,8 @@ def test_gate_zero_equals_plain_sdpa():
     plain.unet.set_attn_processor(AttnProcessor2_0())
     with torch.no_grad():
         ref = plain.unet(x, t, encoder_hidden_states=f_sam).sample
-        off = m.predict_noise(x, t, f_sam, f_srm=f_srm, srm_gate=torch.zeros(2))
-        on = m.predict_noise(x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2))
+        off = model_output(m.unet, x, t, f_sam, f_srm=f_srm, srm_gate=torch.zeros(2))
+        on = model_output(m.unet, x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2))
     assert torch.allclose(off, ref, atol=1e-6)
     assert (on - ref).abs().max() > 1e-4
 
@@ -78,22 +79,22 @@ def test_precomputed_kv_and_conditional_rows_match_naive_path():
     x, t, f_sam, f_srm = unet_args(m, b=4)
     cond_srm = {k: v[2:] for k, v in f_srm.items()}
     with torch.no_grad():
-        naive = m.predict_noise(x, t, f_sam, f_srm={k: torch.cat([v[2:], v[2:]]) for k, v in f_srm.items()},
-                                srm_gate=torch.tensor([0.0, 0.0, 1.0, 1.0]))
-        fast = m.predict_noise(x, t, f_sam, srm_kv=m.precompute_srm_kv(cond_srm), srm_gate=1.0, srm_rows=slice(2, 4))
+        naive = model_output(m.unet, x, t, f_sam, f_srm={k: torch.cat([v[2:], v[2:]]) for k, v in f_srm.items()},
+                             srm_gate=torch.tensor([0.0, 0.0, 1.0, 1.0]))
+        fast = model_output(m.unet, x, t, f_sam, srm_kv=precompute_srm_kv(m.unet, cond_srm), srm_gate=1.0,
+                            srm_rows=slice(2, 4))
     assert torch.allclose(naive, fast, atol=1e-5)
 
 
 def test_zll_learns_and_decoder_grad_zero_at_step0():
     m = make_tiny_model(0, stage=1)
     m.enable_stage2()
-    m.train()
-    groups = m.parameter_groups()
+    objective = TrainingObjective(m, DDPMScheduler.from_config(m.config.scheduler)).train()
+    groups = spec_parameter_groups(m)
     opt = torch.optim.AdamW(groups)
-    sched = DDPMScheduler.from_config(m.config.scheduler)
-    out = m.compute_loss(batch(), sched, generator=torch.Generator().manual_seed(0))
+    out = objective.compute_loss(batch(), generator=torch.Generator().manual_seed(0))
     out["loss"].backward()
-    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in m.decoder.parameters())
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in m.reference_encoder.decoder.parameters())
     zll = [p.zll.weight for p in m.extended_attention_processors().values()]
     assert any(torch.count_nonzero(w.grad) > 0 for w in zll)
     opt.step()
@@ -102,16 +103,23 @@ def test_zll_learns_and_decoder_grad_zero_at_step0():
 
 def test_trainable_sets_per_stage():
     m = make_tiny_model(0, stage=1)
-    names1 = {g["name"] for g in m.parameter_groups()}
+    names1 = {g["name"] for g in spec_parameter_groups(m)}
     assert names1 == {"unet_transformer", "qformer", "swin", "srm"}
-    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+
+    def named_parameters():
+        for name, module in m.modules().items():
+            prefix = "" if name == "reference_encoder" else name + "."
+            for n, p in module.named_parameters():
+                yield prefix + n, p
+
+    trainable = {n for n, p in named_parameters() if p.requires_grad}
     assert not any(n.startswith(("vae.", "sam.clip_vision.")) for n in trainable)
     assert not any(n.startswith("unet.conv_in") or ".resnets." in n or "time_embedding" in n or "conv_out" in n
                    for n in trainable)
     assert not any(".processor." in n or n.startswith("decoder.") for n in trainable)
     m.enable_stage2()
-    groups = {g["name"]: g for g in m.parameter_groups()}
-    trainable2 = {n for n, p in m.named_parameters() if p.requires_grad}
+    groups = {g["name"]: g for g in spec_parameter_groups(m)}
+    trainable2 = {n for n, p in named_parameters() if p.requires_grad}
     added = trainable2 - trainable
     assert added and all(n.startswith("decoder.") or ".processor." in n for n in added)
     assert {n for n in added if ".processor." in n} == {n for n, _ in m.unet.named_parameters(prefix="unet") if ".processor." in n}
@@ -131,42 +139,41 @@ def test_losses():
 def test_compute_loss_stage_rules():
     sched = DDPMScheduler.from_config(TWGTMConfig.tiny().scheduler)
     s1 = make_tiny_model(0, stage=1)
-    out = s1.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1), vtoff_prob=1.0)
+    out = TrainingObjective(s1, sched, vtoff_prob=1.0).compute_loss(batch(8), generator=torch.Generator().manual_seed(1))
     assert out["mask"] > 0 and torch.allclose(out["loss"], out["diffusion"] + out["mask"])
-    out = s1.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1), vtoff_prob=0.0)
+    out = TrainingObjective(s1, sched, vtoff_prob=0.0).compute_loss(batch(8), generator=torch.Generator().manual_seed(1))
     assert out["mask"] == 0, "L_mask = 0 for an all-VTON batch"
-    s2 = make_tiny_model(0, stage=2)
-    out = s2.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1))
+    s2 = TrainingObjective(make_tiny_model(0, stage=2), sched)
+    out = s2.compute_loss(batch(8), generator=torch.Generator().manual_seed(1))
     assert torch.equal(out["loss"], out["diffusion"]), "stage-2 loss is the diffusion MSE"
-    again = s2.compute_loss(batch(8), sched, generator=torch.Generator().manual_seed(1))
+    again = s2.compute_loss(batch(8), generator=torch.Generator().manual_seed(1))
     assert torch.equal(out["loss"], again["loss"]), "same generator, same loss"
 
 
 def test_prediction_types_train_on_consistent_targets(monkeypatch):
     """epsilon / v_prediction / sample: with the same draws, z_t = sqrt(a) x0 + sqrt(1-a) eps and
     v = sqrt(a) eps - sqrt(1-a) x0 hold between the three captured targets."""
-    import twgtm.model as model_mod
+    import training.objective as objective_mod
 
     captured = {}
-    real_loss = model_mod.diffusion_loss
+    real_loss = objective_mod.diffusion_loss
+    real_output = objective_mod.model_output
 
     def spy_loss(pred, target, **kw):
         captured["target"] = target.detach().clone()
         return real_loss(pred, target, **kw)
 
-    monkeypatch.setattr(model_mod, "diffusion_loss", spy_loss)
-    m = make_tiny_model(0, stage=1)
-    real_predict = m.predict_noise
-
-    def spy_predict(x, t, *a, **kw):
+    def spy_output(unet, x, t, *a, **kw):
         captured["z_t"], captured["t"] = x[:, :4].detach().clone(), t.detach().clone()
-        return real_predict(x, t, *a, **kw)
+        return real_output(unet, x, t, *a, **kw)
 
-    m.predict_noise = spy_predict
+    monkeypatch.setattr(objective_mod, "diffusion_loss", spy_loss)
+    monkeypatch.setattr(objective_mod, "model_output", spy_output)
+    m = make_tiny_model(0, stage=1)
     targets = {}
     for kind in ("epsilon", "v_prediction", "sample"):
         sched = DDPMScheduler.from_config(dict(TWGTMConfig.tiny().scheduler, prediction_type=kind))
-        m.compute_loss(batch(4), sched, generator=torch.Generator().manual_seed(3))
+        TrainingObjective(m, sched).compute_loss(batch(4), generator=torch.Generator().manual_seed(3))
         targets[kind] = captured["target"]
     a = sched.alphas_cumprod[captured["t"]].view(-1, 1, 1, 1)
     eps, v, x0 = targets["epsilon"], targets["v_prediction"], targets["sample"]
@@ -193,8 +200,8 @@ def test_prediction_types_run_with_every_scheduler(scheduler, kind, monkeypatch)
     person, garment = torch.rand(1, 3, 64, 48, generator=g), torch.rand(1, 3, 64, 48, generator=g)
     mask = torch.zeros(1, 1, 64, 48)
     mask[..., 16:48, 8:40] = 1
-    out = pipeline_mod.TWGTMPipeline(m).try_on(person, garment, mask, "upper", num_inference_steps=3, generator=0,
-                                               scheduler=scheduler).images
+    out = pipeline_mod.TWGTMPipeline.from_components(m).try_on(person, garment, mask, "upper", num_inference_steps=3,
+                                                               generator=0, scheduler=scheduler).images
     assert torch.isfinite(out).all() and out.shape == (1, 3, 64, 48)
     want = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
             "ddpm": DDPMScheduler}[scheduler]
@@ -203,9 +210,9 @@ def test_prediction_types_run_with_every_scheduler(scheduler, kind, monkeypatch)
 
 
 def test_model_runs_in_bf16():
-    m = make_tiny_model(0).to(torch.bfloat16)
+    m = make_tiny_model(0).to(dtype=torch.bfloat16)
     x, t, f_sam, f_srm = unet_args(m)
     with torch.no_grad():
-        out = m.predict_noise(x.bfloat16(), t, f_sam.bfloat16(), f_srm={k: v.bfloat16() for k, v in f_srm.items()},
-                              srm_gate=1.0)
+        out = model_output(m.unet, x.bfloat16(), t, f_sam.bfloat16(),
+                           f_srm={k: v.bfloat16() for k, v in f_srm.items()}, srm_gate=1.0)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

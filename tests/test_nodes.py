@@ -1,8 +1,12 @@
 """The TWGTM ComfyUI nodes, run on the tiny model with ComfyUI replaced by tests/comfy_stubs.py."""
 from __future__ import annotations
 
+import ast
+import gc
 import importlib
 import json
+import os
+import weakref
 import subprocess
 import sys
 import textwrap
@@ -16,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_stubs  # noqa: E402
 
 from twgtm.config import TWGTMConfig  # noqa: E402
-from twgtm.model import TWGTMModel  # noqa: E402
+from twgtm.components import TWGTMComponents  # noqa: E402
 from twgtm.weights import save_twgtm  # noqa: E402
 
 STEPS = 2
@@ -46,7 +50,7 @@ def pack(base):
 def tiny_file(pack, base) -> str:
     """The example checkpoint name, holding a seeded tiny model with its base components."""
     torch.manual_seed(0)
-    model = TWGTMModel(TWGTMConfig.tiny(), random_prompts=True)
+    model = TWGTMComponents.build(TWGTMConfig.tiny(), random_prompts=True)
     save_twgtm(model, base / "models" / "twgtm" / pack.nodes.loader.EXAMPLE_CHECKPOINT, include_base=True)
     return pack.nodes.loader.EXAMPLE_CHECKPOINT
 
@@ -62,7 +66,7 @@ def run(node, **kwargs):
 
 @pytest.fixture(scope="module")
 def handle(pack, tiny_file):
-    (h,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"], twgtm_file=tiny_file,
+    (h,) = run(pack.registered.classes["TWGTMModelLoader"], twgtm_file=tiny_file,
                base_model=pack.nodes.loader.BUNDLED, vae=pack.nodes.loader.NO_VAE,
                clip_vision=pack.nodes.loader.BUNDLED, dtype="fp32")
     return h
@@ -90,31 +94,57 @@ def images(b=2, h=80, w=60, seed=0):
 
 def sample(pack, handle, cond, **kw):
     opts = dict(seed=7, steps=STEPS, cfg=2.5, scheduler="ddim", denoise=1.0) | kw
-    return run(pack.NODE_CLASS_MAPPINGS["TWGTMSampler"], model=handle, conditioning=cond, **opts)
+    return run(pack.registered.classes["TWGTMSampler"], model=handle, conditioning=cond, **opts)
 
 
 def try_on_cond(pack, person, garment, mask, **kw):
-    (cond,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"], person=person, garment=garment, mask=mask,
+    (cond,) = run(pack.registered.classes["TWGTMTryOnConditioning"], person=person, garment=garment, mask=mask,
                   category=kw.pop("category", "upper"), paste_back=kw.pop("paste_back", True))
     return cond
 
 
 # ----------------------------------------------------------------------------- registration and schemas
 def test_pack_registers_v3_nodes_with_prefixed_ids_and_tooltips(pack):
-    io = pack.stubs["comfy_api.latest.io"]
-    assert set(pack.NODE_CLASS_MAPPINGS) == {"TWGTMModelLoader", "TWGTMTryOnConditioning", "TWGTMTryOffConditioning",
+    io = pack.stubs["comfy_api.v0_0_2"].io
+    assert set(pack.registered.classes) == {"TWGTMModelLoader", "TWGTMTryOnConditioning", "TWGTMTryOffConditioning",
                                              "TWGTMGarmentMask", "TWGTMSampler", "TWGTMMaskToBox"}
-    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
-    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+    assert set(pack.registered.display_names) == set(pack.registered.classes)
+    for node_id, cls in pack.registered.classes.items():
         assert issubclass(cls, io.ComfyNode)
         schema = cls.GET_SCHEMA()
         assert schema.node_id == node_id and node_id.startswith("TWGTM")
-        assert schema.display_name == pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+        assert schema.display_name == pack.registered.display_names[node_id]
+        assert schema.display_name.startswith("TWGTM ")
         assert schema.category == "TWGTM" and schema.description
         for inp in schema.inputs:
             assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
         for out in schema.outputs:
             assert out.tooltip, f"{node_id} output {out.display_name} has no tooltip"
+
+
+def test_nodes_are_registered_through_comfy_entrypoint(pack):
+    """ComfyUI 0.3.64 uses a pack's NODE_CLASS_MAPPINGS when it has one and then ignores comfy_entrypoint;
+    the pack root has none, so ComfyUI calls the entrypoint and lists the extension's nodes."""
+    assert pack.registered.via == "comfy_entrypoint"
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and not hasattr(pack, "NODE_DISPLAY_NAME_MAPPINGS")
+    extension = comfy_stubs.asyncio.run(pack.comfy_entrypoint())
+    assert isinstance(extension, pack.stubs["comfy_api.v0_0_2"].ComfyExtension)
+    assert comfy_stubs.asyncio.run(extension.get_node_list()) == list(pack.registered.classes.values())
+
+
+def test_the_pack_imports_the_versioned_comfy_api_only():
+    """Every ``comfy_api`` import of the pack is ``comfy_api.v0_0_2`` (not ``latest``, which changes)."""
+    sources = [comfy_stubs.PACK_ROOT / "__init__.py", *sorted((comfy_stubs.PACK_ROOT / "nodes").glob("*.py"))]
+    seen = set()
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                if name.split(".")[0] == "comfy_api":
+                    seen.add(name)
+                    assert name == "comfy_api.v0_0_2", f"{path.name} imports {name}"
+    assert seen == {"comfy_api.v0_0_2"}
 
 
 def test_wire_types_of_the_schema(pack):
@@ -133,7 +163,7 @@ def test_model_folder_is_registered(pack, base):
 
 
 def test_scheduler_names_match_the_library(pack):
-    assert pack.nodes.sampler.SCHEDULERS == list(lib(pack, "pipeline").SCHEDULERS)
+    assert pack.nodes.sampler.SCHEDULERS == list(lib(pack, "schedulers").SCHEDULER_NAMES)
 
 
 def test_nodes_pick_no_device_at_import(base):
@@ -143,35 +173,89 @@ def test_nodes_pick_no_device_at_import(base):
     for name in ("get_torch_device", "unet_offload_device", "intermediate_device"):
         setattr(stubs["comfy.model_management"], name, lambda name=name: calls.append(name))
     with comfy_stubs.load_pack(base, name="twgtm_import_probe", stubs=stubs) as probe:
-        for cls in probe.NODE_CLASS_MAPPINGS.values():
+        for cls in probe.registered.classes.values():
             cls.GET_SCHEMA()
     assert calls == []
 
 
 # ----------------------------------------------------------------------------- loader
-def test_loader_wraps_the_model_for_comfy_memory_management_and_caches_it(pack, handle, tiny_file, stubs):
+COMPONENTS = ("unet", "vae", "reference_encoder")
+
+
+def test_loader_gives_each_component_its_own_model_patcher(pack, handle, stubs):
     loader = pack.nodes.loader
-    assert isinstance(handle.patcher, stubs["comfy.model_patcher"].ModelPatcher)
-    assert isinstance(handle.patcher.model, loader.TWGTMModule)
-    assert handle.patcher.load_device == torch.device("cpu") and handle.patcher.offload_device == torch.device("cpu")
-    assert handle.model.dtype == torch.float32 and handle.config.height == 64
-    (again,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"], twgtm_file=tiny_file, base_model=loader.BUNDLED,
-                   vae=loader.NO_VAE, clip_vision=loader.BUNDLED, dtype="fp32")
-    assert again is handle  # cached: not read again
-    (auto,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"], twgtm_file=tiny_file, base_model=loader.BUNDLED,
-                  vae=loader.NO_VAE, clip_vision=loader.BUNDLED, dtype="auto")
-    assert auto is handle  # auto resolves to fp32 on a CPU load device: the same cache entry
+    assert set(handle.patchers) == set(COMPONENTS)
+    components = handle.components()
+    for name in COMPONENTS:
+        patcher = handle.patchers[name]
+        assert isinstance(patcher, stubs["comfy.model_patcher"].ModelPatcher)
+        assert type(patcher.model) is loader.HOLDERS[name]  # ModelPatcher writes `device` on it
+        assert isinstance(patcher.model, loader.ComponentHolder)
+        assert patcher.model.net is handle.module(name) is getattr(components, name)
+        assert patcher.load_device == torch.device("cpu") and patcher.offload_device == torch.device("cpu")
+        assert all(p.dtype == torch.float32 for p in handle.module(name).parameters())
+    assert type(handle.module("unet")).__name__ == "UNet2DConditionModel"
+    assert isinstance(handle.module("reference_encoder"), lib(pack, "reference").ReferenceEncoder)
+    assert components.config is handle.config and handle.config.height == 64
+    assert handle.dtype == torch.float32 and handle.name == loader.EXAMPLE_CHECKPOINT
+
+
+def test_a_component_without_a_holder_cannot_be_managed(pack, tiny_file, stubs):
+    """Why the holders: ModelPatcher sets ``device`` on the module it manages, a read-only property of the
+    diffusers UNet and VAE and of the reference encoder."""
+    loader = pack.nodes.loader
+    fresh = loader.load_handle(tiny_file, loader.BUNDLED, loader.NO_VAE, loader.BUNDLED, "fp32")
+    ModelPatcher, mm = stubs["comfy.model_patcher"].ModelPatcher, stubs["comfy.model_management"]
+    for name in COMPONENTS:
+        bare = ModelPatcher(fresh.module(name), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+        with pytest.raises(AttributeError):
+            mm.load_models_gpu([bare])
+
+
+def test_loader_keeps_no_module_level_cache(pack, tiny_file, stubs):
+    """ComfyUI's output cache and model management reuse a loaded model; the pack keeps none itself, so a
+    model ComfyUI drops is freed (a module-level cache would keep its weights in memory)."""
+    loader = pack.nodes.loader
+    node = pack.registered.classes["TWGTMModelLoader"]
+    opts = dict(twgtm_file=tiny_file, base_model=loader.BUNDLED, vae=loader.NO_VAE, clip_vision=loader.BUNDLED,
+                dtype="fp32")
+    (first,) = run(node, **opts)
+    (second,) = run(node, **opts)
+    assert second is not first and second.patchers["unet"] is not first.patchers["unet"]  # read again
+    refs = [weakref.ref(x) for h in (first, second) for x in (h, *h.patchers.values(), *h.components().modules().values())]
+    del first, second
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)
+    assert not hasattr(loader, "_CACHE") and not hasattr(loader, "clear_cache")
+
+
+def test_loader_fingerprint_changes_with_the_file(pack, base, tiny_file):
+    """ComfyUI re-runs the loader (instead of reusing its cached output) when the file on disk changes."""
+    loader = pack.registered.classes["TWGTMModelLoader"]
+    opts = dict(twgtm_file=tiny_file, base_model=pack.nodes.loader.BUNDLED, vae=pack.nodes.loader.NO_VAE,
+                clip_vision=pack.nodes.loader.BUNDLED, dtype="fp32")
+    before = loader.fingerprint_inputs(**opts)
+    path = base / "models" / "twgtm" / tiny_file
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    try:
+        assert loader.fingerprint_inputs(**opts) != before
+        assert loader.fingerprint_inputs(**opts) == loader.fingerprint_inputs(**opts)
+        assert loader.fingerprint_inputs(**opts | {"dtype": "bf16"}) != loader.fingerprint_inputs(**opts)
+    finally:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def test_loader_bf16(pack, tiny_file):
     loader = pack.nodes.loader
     h = loader.load_handle(tiny_file, loader.BUNDLED, loader.NO_VAE, loader.BUNDLED, "bf16")
-    assert h.model.dtype == torch.bfloat16 and h.dtype == torch.bfloat16
-    assert all(p.dtype == torch.bfloat16 for p in h.model.parameters())
+    assert h.dtype == torch.bfloat16
+    for name in COMPONENTS:
+        assert all(p.dtype == torch.bfloat16 for p in h.module(name).parameters()), name
 
 
 def test_loader_missing_file_names_the_folder(pack, base):
-    loader = pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"]
+    loader = pack.registered.classes["TWGTMModelLoader"]
     msg = loader.validate_inputs(twgtm_file="absent.safetensors")
     assert isinstance(msg, str) and str(base / "models" / "twgtm") in msg and "absent.safetensors" in msg
     errors = lib(pack, "errors")
@@ -182,7 +266,7 @@ def test_loader_missing_file_names_the_folder(pack, base):
 
 def test_loader_missing_base_component_names_its_folder_when_run(pack, base, tiny_file):
     """Called from Python (no POST /prompt before it), a missing base component still names its folder."""
-    loader = pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"]
+    loader = pack.registered.classes["TWGTMModelLoader"]
     missing = lib(pack, "errors").MissingFileError
     opts = dict(twgtm_file=tiny_file, base_model=pack.nodes.loader.BUNDLED, vae=pack.nodes.loader.NO_VAE,
                 clip_vision=pack.nodes.loader.BUNDLED, dtype="fp32")
@@ -207,7 +291,7 @@ def test_loader_rejects_a_checkpoint_that_is_not_twgtm(pack, base):
 
 def test_trained_parts_only_file_asks_for_base_components(pack, base):
     torch.manual_seed(0)
-    save_twgtm(TWGTMModel(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / "parts.safetensors")
+    save_twgtm(TWGTMComponents.build(TWGTMConfig.tiny(), random_prompts=True), base / "models" / "twgtm" / "parts.safetensors")
     loader = pack.nodes.loader
     with pytest.raises(lib(pack, "errors").MissingFileError) as exc:
         loader.load_handle("parts.safetensors", loader.BUNDLED, loader.NO_VAE, loader.BUNDLED, "fp32")
@@ -236,7 +320,7 @@ def api_workflow(name: str) -> dict:
 
 def comfy_errors(pack, prompt: dict) -> dict:
     """What ComfyUI 0.3.64's POST /prompt reports for ``prompt`` (tests/comfy_stubs.py copies its checks)."""
-    return comfy_stubs.comfy_node_errors(prompt, pack.NODE_CLASS_MAPPINGS)
+    return comfy_stubs.comfy_node_errors(prompt, pack.registered.classes)
 
 
 def one_error(errors: dict, node_id: str) -> dict:
@@ -300,7 +384,7 @@ def test_a_wrong_wire_type_into_a_mask_input_is_rejected_by_comfyui(pack, tiny_f
     error = one_error(comfy_errors(pack, prompt), "6")
     assert error["type"] == "return_type_mismatch" and error["extra_info"]["input_name"] == "mask"
     assert f"received_type({received})" in error["details"]
-    for cls in pack.NODE_CLASS_MAPPINGS.values():
+    for cls in pack.registered.classes.values():
         validate = getattr(cls, "validate_inputs", None)
         assert validate is None or "input_types" not in comfy_stubs.inspect.getfullargspec(validate).args
 
@@ -346,17 +430,17 @@ MISSING_REQUIREMENTS_PROBE = textwrap.dedent("""
     import comfy_stubs
     out = {}
     with comfy_stubs.load_pack(sys.argv[2]) as pack:
-        out["nodes"] = sorted(pack.NODE_CLASS_MAPPINGS)
+        out["nodes"] = sorted(pack.registered.classes)
         out["log"] = log.getvalue().splitlines()
         out["missing"] = pack.nodes.requirements.MISSING
         errors = {}
         for name, call in [
-            ("loader.validate", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"].validate_inputs(twgtm_file="x")),
-            ("sampler.validate", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMSampler"].validate_inputs()),
-            ("garment_mask.validate", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMGarmentMask"].validate_inputs()),
-            ("loader.execute", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMModelLoader"].execute(
+            ("loader.validate", lambda: pack.registered.classes["TWGTMModelLoader"].validate_inputs(twgtm_file="x")),
+            ("sampler.validate", lambda: pack.registered.classes["TWGTMSampler"].validate_inputs()),
+            ("garment_mask.validate", lambda: pack.registered.classes["TWGTMGarmentMask"].validate_inputs()),
+            ("loader.execute", lambda: pack.registered.classes["TWGTMModelLoader"].execute(
                 twgtm_file="x", base_model="b", vae="v", clip_vision="c", dtype="auto")),
-            ("sampler.execute", lambda: pack.NODE_CLASS_MAPPINGS["TWGTMSampler"].execute(
+            ("sampler.execute", lambda: pack.registered.classes["TWGTMSampler"].execute(
                 model=None, conditioning=None, seed=0, steps=1, cfg=1.0, scheduler="ddim", denoise=1.0)),
         ]:
             try:
@@ -365,7 +449,7 @@ MISSING_REQUIREMENTS_PROBE = textwrap.dedent("""
             except Exception as ex:
                 errors[name] = [type(ex).__name__, isinstance(ex, ImportError), str(ex)]
         out["errors"] = errors
-        (cond,) = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"].execute(
+        (cond,) = pack.registered.classes["TWGTMTryOnConditioning"].execute(
             person=torch.rand(1, 8, 6, 3), garment=torch.rand(1, 8, 6, 3), mask=torch.ones(1, 8, 6),
             category="upper").result
         out["conditioning_runs"] = cond.task
@@ -407,9 +491,12 @@ def test_try_on_batch_broadcast_resize_and_progress(pack, handle, stubs):
     assert torch.equal(image[outside], person[outside])  # paste-back: unmasked pixels untouched
     assert not torch.allclose(image[~outside], person[~outside])
     assert seen == [(i, STEPS) for i in range(1, STEPS + 1)]
-    (call,) = stubs["comfy.model_management"].state["load_calls"]
-    assert call["models"] == [handle.patcher] and call["force_full_load"] and call["memory_required"] > 0
-    assert handle.patcher.model.device == torch.device("cpu")  # ModelPatcher's bookkeeping attribute
+    calls = stubs["comfy.model_management"].state["load_calls"]
+    assert [c["models"] for c in calls] == [[handle.patchers["reference_encoder"]],
+                                           [handle.patchers["unet"], handle.patchers["vae"]]]
+    assert all(c["force_full_load"] and c["memory_required"] > 0 for c in calls)
+    for patcher in handle.patchers.values():
+        assert patcher.model.device == torch.device("cpu")  # ModelPatcher's bookkeeping attribute
 
 
 def test_try_on_node_equals_the_library_call(pack, handle, stubs):
@@ -417,7 +504,7 @@ def test_try_on_node_equals_the_library_call(pack, handle, stubs):
     person, garment, mask = images(b=1, h=64, w=48, seed=3)
     image, _ = sample(pack, handle, try_on_cond(pack, person, garment, mask, category="dress"), seed=11,
                       scheduler="euler", cfg=1.0)
-    pipe = lib(pack, "pipeline").TWGTMPipeline(handle.model)
+    pipe = lib(pack, "pipeline").TWGTMPipeline.from_components(handle.components())
     ref = pipe.try_on(person.permute(0, 3, 1, 2), garment.permute(0, 3, 1, 2), mask, "dress",
                       num_inference_steps=STEPS, guidance_scale=1.0, generator=11, scheduler="euler")
     assert torch.equal(image, ref.images.permute(0, 2, 3, 1))
@@ -444,7 +531,7 @@ def transparent_garment(h=64, w=48):
 def test_try_on_garment_transparency_puts_the_garment_on_white(pack, handle, stubs):
     person, _, mask = images(b=1, h=64, w=48, seed=5)
     rgb, transparency, on_white, _ = transparent_garment()
-    node = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"]
+    node = pack.registered.classes["TWGTMTryOnConditioning"]
     (cond,) = run(node, person=person, garment=rgb, mask=mask, category="upper", garment_transparency=transparency)
     seen = lib(pack, "images").as_image_batch(cond.garment, "garment")  # what the model gets
     assert torch.equal(seen, on_white.permute(0, 3, 1, 2))
@@ -456,7 +543,7 @@ def test_try_on_garment_transparency_puts_the_garment_on_white(pack, handle, stu
 
 def test_try_on_garment_transparency_is_resized_and_batch_checked(pack):
     person, garment, mask = images(b=1)
-    node = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"]
+    node = pack.registered.classes["TWGTMTryOnConditioning"]
     # LoadImage gives a 64x64 zero MASK for an image without alpha: the garment stays as it is
     (cond,) = run(node, person=person, garment=garment, mask=mask, category="upper",
                   garment_transparency=torch.zeros(1, 64, 64))
@@ -480,7 +567,7 @@ def test_try_on_rgba_garment_is_put_on_white_by_its_alpha(pack, handle, stubs):
     reference, _ = sample(pack, handle, try_on_cond(pack, person, on_white, mask))
     assert torch.equal(result, reference)
     # an RGBA garment with a transparency mask as well: both make pixels transparent
-    node = pack.NODE_CLASS_MAPPINGS["TWGTMTryOnConditioning"]
+    node = pack.registered.classes["TWGTMTryOnConditioning"]
     more = torch.zeros(1, 64, 48)
     more[:, :, :24] = 1.0  # the left half transparent too
     (cond,) = run(node, person=person, garment=rgba, mask=mask, category="upper", garment_transparency=more)
@@ -512,30 +599,106 @@ def test_sampler_rejects_unknown_scheduler_and_foreign_conditioning(pack, handle
 # ----------------------------------------------------------------------------- try-off and masks
 def test_try_off_mask_free_and_with_a_box(pack, handle, stubs):
     person, _, _ = images(b=2)
-    (cond,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMTryOffConditioning"], person=person, category="lower")
+    (cond,) = run(pack.registered.classes["TWGTMTryOffConditioning"], person=person, category="lower")
     garment, probs = sample(pack, handle, cond)
     assert garment.shape == (2, 64, 48, 3) and probs.shape == (2, 64, 48)  # the model canvas
     assert 0.0 <= float(probs.min()) and float(probs.max()) <= 1.0
     box = torch.zeros(1, 64, 48)
     box[:, 8:56, 6:42] = 1.0
-    (boxed,) = run(pack.NODE_CLASS_MAPPINGS["TWGTMTryOffConditioning"], person=person, category="lower", mask=box)
+    (boxed,) = run(pack.registered.classes["TWGTMTryOffConditioning"], person=person, category="lower", mask=box)
     garment_box, _ = sample(pack, handle, boxed)
     assert garment_box.shape == garment.shape and not torch.equal(garment_box, garment)
 
 
 def test_garment_mask_threshold(pack, handle, stubs):
     person, _, _ = images(b=2)
-    node = pack.NODE_CLASS_MAPPINGS["TWGTMGarmentMask"]
+    node = pack.registered.classes["TWGTMGarmentMask"]
     (soft,) = run(node, model=handle, person=person, category="upper", threshold=0.0)
     (hard,) = run(node, model=handle, person=person, category="upper", threshold=0.5)
-    ref = lib(pack, "pipeline").TWGTMPipeline(handle.model).predict_garment_mask(person.permute(0, 3, 1, 2), "upper")
+    pipe = lib(pack, "pipeline").TWGTMPipeline.from_components(handle.components())
+    ref = pipe.predict_garment_mask(person.permute(0, 3, 1, 2), "upper")
     assert soft.shape == (2, 64, 48) and torch.equal(soft, ref[:, 0])
     assert torch.equal(hard, (ref[:, 0] > 0.5).float())
-    assert len(stubs["comfy.model_management"].state["load_calls"]) == 2
+
+
+# ----------------------------------------------------------------------------- loading through ComfyUI
+@pytest.fixture()
+def events(pack, handle, stubs):
+    """One list of what happens, in order: ``("load", names)`` for each load_models_gpu call (the patchers'
+    component names) and ``("run", name)`` when a component starts computing (any of its modules)."""
+    log = []
+    mm = stubs["comfy.model_management"]
+    names = {id(p): n for n, p in handle.patchers.items()}
+    real_load = mm.load_models_gpu
+
+    def load_models_gpu(models, *args, **kwargs):
+        log.append(("load", tuple(names[id(m)] for m in models)))
+        return real_load(models, *args, **kwargs)
+
+    def hook(name):
+        def pre(_module, _args):
+            if log[-1:] != [("run", name)]:
+                log.append(("run", name))
+        return pre
+
+    hooks = [m.register_forward_pre_hook(hook(name)) for name in COMPONENTS for m in handle.module(name).modules()]
+    mm.load_models_gpu = load_models_gpu
+    yield log
+    mm.load_models_gpu = real_load
+    for h in hooks:
+        h.remove()
+
+
+def phases(log):
+    """The order of first uses: loads as they are, runs once per component."""
+    out, ran = [], set()
+    for kind, what in log:
+        if kind == "run":
+            if what in ran:
+                continue
+            ran.add(what)
+        out.append((kind, what))
+    return out
+
+
+def test_garment_mask_loads_only_the_reference_encoder(pack, handle, stubs, events):
+    person, _, _ = images(b=1)
+    run(pack.registered.classes["TWGTMGarmentMask"], model=handle, person=person, category="upper", threshold=0.5)
+    assert events == [("load", ("reference_encoder",)), ("run", "reference_encoder")]
+    (call,) = stubs["comfy.model_management"].state["load_calls"]
+    assert call["force_full_load"] and call["memory_required"] > 0
+
+
+@pytest.mark.parametrize("task", ["try_on", "try_off"])
+def test_sampler_loads_the_reference_encoder_then_unet_and_vae(pack, handle, stubs, events, task):
+    person, garment, mask = images(b=1)
+    if task == "try_on":
+        cond = try_on_cond(pack, person, garment, mask)
+    else:
+        (cond,) = run(pack.registered.classes["TWGTMTryOffConditioning"], person=person, category="upper")
+    sample(pack, handle, cond)
+    first = phases(events)
+    assert first[:3] == [("load", ("reference_encoder",)), ("run", "reference_encoder"), ("load", ("unet", "vae"))]
+    assert {what for kind, what in first[3:]} == {"unet", "vae"} and all(k == "run" for k, _ in first[3:])
+    assert [e for e in events if e[0] == "load"] == [("load", ("reference_encoder",)), ("load", ("unet", "vae"))]
+    assert ("run", "reference_encoder") not in events[events.index(("load", ("unet", "vae"))):]
+
+
+def test_phase_memory_estimates(pack, handle):
+    """Each phase asks ComfyUI to keep room for its own activations; the denoising estimate grows with CFG."""
+    memory = pack.nodes.memory
+    full = lib(pack, "config").TWGTMConfig.full()
+    ref = memory.inference_memory(full, ("reference_encoder",), 1, 2.5, torch.bfloat16)
+    denoise = memory.inference_memory(full, ("unet", "vae"), 1, 2.5, torch.bfloat16)
+    assert ref == 160 * 1024 * 768 * 2  # 240 MiB, under ComfyUI's own floor (0.8 GiB + reserve)
+    assert denoise == 2178 * 128 * 96 * 64 * 2  # the VAE decode of one 1024x768 image dominates at batch 1
+    assert memory.inference_memory(full, ("unet", "vae"), 8, 2.5, torch.bfloat16) > \
+        memory.inference_memory(full, ("unet", "vae"), 8, 1.0, torch.bfloat16)
+    assert memory.inference_memory(full, ("reference_encoder",), 2, 1.0, torch.float32) == 4 * ref
 
 
 def test_mask_to_box(pack):
-    node = pack.NODE_CLASS_MAPPINGS["TWGTMMaskToBox"]
+    node = pack.registered.classes["TWGTMMaskToBox"]
     mask = torch.zeros(2, 40, 30)
     mask[0, 10:30, 5:15] = 1.0   # the garment: a 20 x 10 block
     mask[0, 2, 28] = 1.0         # a stray speck
@@ -550,10 +713,13 @@ def test_mask_to_box(pack):
 
 # ----------------------------------------------------------------------------- interrupt
 def test_interrupt_stops_promptly_and_leaves_the_model_usable(pack, handle, stubs):
+    """After an interrupt the next run (another garment and person) gives exactly what it gives without one."""
     person, garment, mask = images(b=1)
+    other_person, other_garment, _ = images(b=1, seed=9)
     mm = stubs["comfy.model_management"]
     cond = try_on_cond(pack, person, garment, mask)
-    clean, _ = sample(pack, handle, cond, steps=4)
+    other = try_on_cond(pack, other_person, other_garment, mask, category="dress")
+    clean, _ = sample(pack, handle, other, steps=4)
     seen = []
 
     def hook(value, total, preview, node_id=None):
@@ -566,5 +732,10 @@ def test_interrupt_stops_promptly_and_leaves_the_model_usable(pack, handle, stub
         sample(pack, handle, cond, steps=4)
     assert seen == [1, 2]  # stopped right after the step that saw the flag
     stubs["comfy.utils"].PROGRESS_BAR_HOOK = None
-    again, _ = sample(pack, handle, cond, steps=4)
+    assert not mm.processing_interrupted()  # the flag was consumed by the interrupt
+    again, _ = sample(pack, handle, other, steps=4)
     assert torch.equal(again, clean)
+    (mask_after,) = run(pack.registered.classes["TWGTMGarmentMask"], model=handle, person=other_person,
+                        category="dress", threshold=0.0)
+    pipe = lib(pack, "pipeline").TWGTMPipeline.from_components(handle.components())
+    assert torch.equal(mask_after, pipe.predict_garment_mask(other_person.permute(0, 3, 1, 2), "dress")[:, 0])

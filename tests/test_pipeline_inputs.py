@@ -5,12 +5,13 @@ import torch
 import twgtm.latents as latents_mod
 from conftest import make_tiny_model
 from twgtm.errors import InputError, NumericalError, TWGTMError
+import twgtm.pipeline as pipeline_mod
 from twgtm.pipeline import TWGTMPipeline
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return TWGTMPipeline(make_tiny_model(0))
+    return TWGTMPipeline.from_components(make_tiny_model(0))
 
 
 @pytest.fixture()
@@ -19,7 +20,7 @@ def no_model_work(pipe):
     def fail(*a, **k):
         raise AssertionError("model work before the options were checked")
 
-    hooks = [pipe.model.sam.register_forward_pre_hook(fail), pipe.model.unet.register_forward_pre_hook(fail)]
+    hooks = [pipe.reference_encoder.sam.register_forward_pre_hook(fail), pipe.unet.register_forward_pre_hook(fail)]
     yield
     for h in hooks:
         h.remove()
@@ -137,15 +138,15 @@ def test_sparse_tensors_are_input_errors(pipe, images, no_model_work):
 
 # ------------------------------------------------------------------ non-finite results (issue item 1)
 def test_non_finite_decode_raises_instead_of_returning_it(images, monkeypatch):
-    pipe = TWGTMPipeline(make_tiny_model(0))
-    real = pipe.model.decode_latents
+    pipe = TWGTMPipeline.from_components(make_tiny_model(0))
+    real = pipeline_mod.vae_decode
 
-    def nan_in_item_1(z, **kw):
-        out = real(z, **kw)
+    def nan_in_item_1(vae, z, cfg, **kw):
+        out = real(vae, z, cfg, **kw)
         out[1] = float("nan")
         return out
 
-    monkeypatch.setattr(pipe.model, "decode_latents", nan_in_item_1)
+    monkeypatch.setattr(pipeline_mod, "vae_decode", nan_in_item_1)
     for method in ("try_on", "try_off"):
         with pytest.raises(NumericalError, match=r"the decoded image: expected finite values, got NaN or inf for "
                                                  r"batch index \[1\]"):
@@ -154,13 +155,13 @@ def test_non_finite_decode_raises_instead_of_returning_it(images, monkeypatch):
 
 
 def test_non_finite_garment_mask_raises(images):
-    pipe = TWGTMPipeline(make_tiny_model(0))
+    pipe = TWGTMPipeline.from_components(make_tiny_model(0))
 
     def nan_logits(module, args, out):
         out.tfq0_logits[-1] = out.tfq0_logits[-1] * float("nan")
         return out
 
-    pipe.model.srm.register_forward_hook(nan_logits)
+    pipe.reference_encoder.srm.register_forward_hook(nan_logits)
     for method in ("predict_garment_mask", "try_off"):
         with pytest.raises(NumericalError, match="the predicted garment mask: expected finite values"):
             run(pipe, method, images)
@@ -170,13 +171,13 @@ def test_non_finite_garment_mask_raises(images):
 def _spy_latent_masks(pipe, monkeypatch):
     """The UNet's mask channel (target half) at every call."""
     seen = []
-    real = pipe.model.predict_noise
+    real = pipeline_mod.model_output
 
-    def spy(x, t, *a, **k):
+    def spy(unet, x, t, *a, **k):
         seen.append(latents_mod.target_half(x[:, 4:5], pipe.config.concat_dim).detach().clone())
-        return real(x, t, *a, **k)
+        return real(unet, x, t, *a, **k)
 
-    monkeypatch.setattr(pipe.model, "predict_noise", spy)
+    monkeypatch.setattr(pipeline_mod, "model_output", spy)
     return seen
 
 

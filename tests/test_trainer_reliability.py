@@ -121,6 +121,7 @@ def test_step_draws_do_not_depend_on_the_global_rng_state(tmp_path, monkeypatch)
 
     from training import trainer
     from training.config import load_run_config
+    from training.data import prepare_data
 
     real = trainer.build_train_dataset  # called after the model is built (and after a resume's load_state)
     models = []
@@ -136,7 +137,7 @@ def test_step_draws_do_not_depend_on_the_global_rng_state(tmp_path, monkeypatch)
                                      # the Swin (SRM) runs every step, and drops paths often: draws that matter
                                      "stage1.vtoff_prob=1.0", "model.overrides.swin.kwargs.drop_path_rate=0.8"])
         acc = trainer.make_accelerator(run, cpu=True)
-        trainer.prepare_data(run, acc)
+        prepare_data(run, acc)
         trainer.train_stage(run, 1, acc, resume=None)
         models.append(load_file(str(trainer.stage_model_path(run, 1))))
     swin = [k for k in models[0] if k.startswith("srm.swin.")]
@@ -361,7 +362,8 @@ def test_synthetic_data_generated_with_other_parameters_is_not_reused(tmp_path):
     from twgtm.errors import ConfigError
 
     from training.config import load_run_config
-    from training.trainer import make_accelerator, prepare_data
+    from training.data import prepare_data
+    from training.trainer import make_accelerator
 
     sets = [f"output_dir={tmp_path}", "threads=1"]
     acc = make_accelerator(load_run_config(TINY, sets), cpu=True)

@@ -31,6 +31,12 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from twgtm.errors import ConfigError, TWGTMError
+from twgtm.schedulers import SCHEDULER_NAMES
+
+# the modules that import torch (trainer, data, report, evaluate, stage0_vae) are imported by the command that
+# needs them: --help and argument errors come back at once
+from .config import DATASET_KINDS, TRYOFF_REGIONS, RunConfig, dump_run_config, load_run_config
+from .rundir import RunLock, describe, ensure_output_dir, held_by_launcher, previous_run, remove_previous_run
 
 logger = logging.getLogger("training")
 
@@ -47,9 +53,7 @@ def _config_path(text: Optional[str]) -> Optional[Path]:
     return p
 
 
-def _load(args) -> "RunConfig":  # noqa: F821
-    from .config import load_run_config
-
+def _load(args) -> RunConfig:
     overrides = list(args.set or [])
     if getattr(args, "output_dir", None):
         overrides.append(f"output_dir={args.output_dir}")
@@ -147,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (with --config)")
     p.add_argument("--protocol", nargs="+", default=["vton_paired", "vton_unpaired", "vtoff"],
                    choices=["vton_paired", "vton_unpaired", "vtoff"])
-    p.add_argument("--kind", default="auto", choices=["auto", "vitonhd", "dresscode"])
+    p.add_argument("--kind", default="auto", choices=("auto",) + DATASET_KINDS)
     p.add_argument("--categories", nargs="+", help="DressCode categories (default: all present)")
     p.add_argument("--steps", type=_int_arg(1, 1000), help="sampler steps (default: eval.num_inference_steps)")
     p.add_argument("--guidance-scale", type=_float_arg(1, 100, " (1 disables CFG)"))
-    p.add_argument("--scheduler", choices=["ddim", "dpm++", "euler", "ddpm"])
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES)
     p.add_argument("--eta", type=_float_arg(0, 1, " (DDIM: 0 deterministic, 1 as DDPM)"),
                    help="DDIM eta in [0, 1] (default: the model config's)")
     p.add_argument("--seed", type=_int_arg(0))
@@ -159,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items", type=_int_arg(1), help="evaluate the first N test items only")
     p.add_argument("--size", type=_int_arg(8), nargs=2, metavar=("H", "W"),
                    help="evaluation size (default: the model's)")
-    p.add_argument("--tryoff-region", choices=["full", "gt_box", "pred_box", "gt_mask", "pred_mask"],
+    p.add_argument("--tryoff-region", choices=TRYOFF_REGIONS,
                    help="try-off region: whole canvas, or box / silhouette of the ground-truth or predicted mask")
     p.add_argument("--weights-dir", help="folder with LPIPS/DISTS torchvision backbones and the FID Inception file")
     p.add_argument("--clip-dir", help="CLIP ViT-B/32 transformers folder (CLIP-FID)")
@@ -210,8 +214,6 @@ def _claim_output(run, stages: list[int], resume: str, overwrite: bool) -> Itera
 
     Worker processes skip this: those this command starts find the lock held by their launcher, and under
     ``accelerate launch`` rank 0 alone takes it."""
-    from .rundir import RunLock, describe, ensure_output_dir, held_by_launcher, previous_run, remove_previous_run
-
     if held_by_launcher(run.output_path) or int(os.environ.get("RANK", "0")) > 0:
         yield
         return
@@ -228,8 +230,8 @@ def _claim_output(run, stages: list[int], resume: str, overwrite: bool) -> Itera
 
 
 def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accelerator) -> dict[str, float]:
-    from .config import dump_run_config
-    from .trainer import build_train_dataset, export_model, prepare_data, train_stage
+    from .data import build_train_dataset, prepare_data
+    from .trainer import export_model, train_stage
 
     timings: dict[str, float] = {}
     if accelerator.is_main_process:
@@ -367,10 +369,10 @@ def _report(run, checkpoint: Optional[str], timings: Optional[dict] = None, *, e
     from twgtm.weights import load_twgtm
 
     from .report import baseline_report
-    from .trainer import _base_sources
+    from .trainer import base_sources
 
     path = checkpoint or run.resolve(run.export.filename)
-    base = None if run.export.include_base else _base_sources(run)
+    base = None if run.export.include_base else base_sources(run)
     model = load_twgtm(path, base=base, device="cuda" if torch.cuda.is_available() else "cpu")
     return baseline_report(model, run, Path(out) if out else run.output_path / "report", timings=timings,
                            eval_root=eval_data)
@@ -399,23 +401,17 @@ def cmd_evaluate(args) -> int:
 
     from .evaluate import EvalOptions, evaluate_checkpoint
 
-    base = None
-    ev = None
+    base, opts = None, EvalOptions()
     if args.config:
-        from .config import load_run_config
-        from .trainer import _base_sources, configure_torch
+        from .trainer import base_sources, configure_torch
 
         run = load_run_config(_config_path(args.config), list(args.set or []))
         configure_torch(run)
-        base, ev = _base_sources(run), run.eval
-    opts = EvalOptions()
-    if ev is not None:
-        for k in ("num_inference_steps", "guidance_scale", "scheduler", "eta", "seed", "batch_size", "max_items",
-                  "tryoff_region", "weights_dir", "clip_dir", "dino_dir", "lpips_net"):
-            setattr(opts, k, getattr(ev, k))
+        base = base_sources(run)
+        opts = EvalOptions.from_config(run.eval, **{k: run.resolve(getattr(run.eval, k))
+                                                    for k in ("weights_dir", "clip_dir", "dino_dir")})
     cli = {"num_inference_steps": args.steps, "guidance_scale": args.guidance_scale, "scheduler": args.scheduler,
-           "eta": args.eta,
-           "seed": args.seed, "batch_size": args.batch_size, "max_items": args.max_items,
+           "eta": args.eta, "seed": args.seed, "batch_size": args.batch_size, "max_items": args.max_items,
            "tryoff_region": args.tryoff_region, "weights_dir": args.weights_dir, "clip_dir": args.clip_dir,
            "dino_dir": args.dino_dir, "lpips_net": args.lpips_net,
            "size": tuple(args.size) if args.size else None, "categories": args.categories}
@@ -453,13 +449,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
         logger.error("cannot write %r: %s", exc.filename, exc.strerror or exc)  # e.g. a read-only --out folder
         return 2
-    except (FileNotFoundError, ValueError) as exc:
-        from .datasets import DatasetError
-
-        if isinstance(exc, DatasetError):
-            logger.error("%s", exc)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The run configuration: YAML <-> dataclasses.
+"""The run configuration: YAML -> OmegaConf structured configs -> dataclasses.
 
 A run file (``configs/*.yaml``) has these sections, each a dataclass below; every field has a default,
 so a file only names what differs::
@@ -12,12 +12,15 @@ so a file only names what differs::
     eval:     sampler settings and metric backbones for ``python -m training evaluate`` and the report
     export:   the final ``.safetensors`` file
 
-Strings may use ``${output_dir}`` (the run's output folder), ``${name}`` and ``${config_dir}`` (the
-folder of the YAML file). CLI overrides use dotted paths: ``--set stage1.max_steps=10``.
+Loading is OmegaConf's: the dataclasses are its schema (``OmegaConf.structured``), the YAML file and then the
+``--set a.b=c`` overrides (``OmegaConf.from_dotlist``) are merged onto it, values are converted to the annotated
+types, and ``${...}`` interpolations are resolved against the run (``${output_dir}``, ``${name}``, ``${config_dir}``
+= the folder of the YAML file, or any other key). What OmegaConf refuses becomes a one-line :class:`ConfigError`
+naming the key, the expected type and the value received; :meth:`RunConfig.validate` then checks values and
+ranges. The model section stays a plain mapping for :meth:`twgtm.config.TWGTMConfig.from_dict`.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -26,19 +29,27 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import GrammarParseError, InterpolationResolutionError, OmegaConfBaseException
 
 from twgtm.config import TWGTMConfig
 from twgtm.errors import ConfigError
+from twgtm.schedulers import SCHEDULER_NAMES, canonical_scheduler
 
 __all__ = [
-    "DatasetSpec", "SyntheticSpec", "DataConfig", "WeightsConfig", "ModelSection", "Stage0Config", "StageConfig",
-    "EvalConfig", "ExportConfig", "RunConfig", "load_run_config", "apply_overrides", "dump_run_config",
+    "DATASET_KINDS", "TRYOFF_REGIONS", "DatasetSpec", "SyntheticSpec", "DataConfig", "WeightsConfig", "ModelSection",
+    "Stage0Config", "StageConfig", "EvalConfig", "ExportConfig", "RunConfig", "load_run_config", "dump_run_config",
 ]
+
+#: ``data.datasets[].kind``: the readers of :mod:`training.datasets` (``open_dataset`` dispatches on these)
+DATASET_KINDS: tuple[str, ...] = ("vitonhd", "dresscode")
+#: ``eval.tryoff_region``: the whole canvas, or the box / silhouette of the ground-truth or predicted garment mask
+TRYOFF_REGIONS: tuple[str, ...] = ("full", "gt_box", "pred_box", "gt_mask", "pred_mask")
 
 
 @dataclass
 class DatasetSpec:
-    kind: str = "vitonhd"                  # "vitonhd" or "dresscode" (training.datasets readers)
+    kind: str = "vitonhd"                  # one of DATASET_KINDS (training.datasets readers)
     root: str = ""                         # dataset root folder
     categories: Optional[list[str]] = None  # DressCode categories to read (None: every one present)
 
@@ -87,7 +98,11 @@ class ModelSection:
         if self.preset not in ("tiny", "full"):
             raise ConfigError(f"model.preset: expected 'tiny' or 'full', got {self.preset!r}")
         base = (TWGTMConfig.tiny() if self.preset == "tiny" else TWGTMConfig.full()).to_dict()
-        return TWGTMConfig.from_dict(_deep_merge(base, self.overrides))
+        try:
+            merged = OmegaConf.to_container(OmegaConf.merge(base, self.overrides))
+        except OmegaConfBaseException as exc:
+            raise _omegaconf_error(exc, "model.overrides.") from None
+        return TWGTMConfig.from_dict(merged)
 
 
 @dataclass
@@ -120,6 +135,7 @@ class StageConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0                 # max gradient norm (0: off)
     vtoff_prob: float = 0.5                # share of try-off samples in every batch
+    region_reference_height: int = 1024    # stage 2: the region sampler's kernel sizes are given at this height
     checkpoint_every: int = 1000           # optimiser steps between resumable checkpoints
     keep_checkpoints: int = 2              # older ones are deleted
     log_every: int = 10                    # steps between CSV rows
@@ -132,12 +148,13 @@ class StageConfig:
 class EvalConfig:
     num_inference_steps: int = 50
     guidance_scale: float = 2.5
-    scheduler: str = "ddim"
+    scheduler: str = "ddim"                # one of twgtm.schedulers.SCHEDULER_NAMES (or an alias)
     eta: Optional[float] = None            # DDIM eta for evaluation (None: the model config's, CatVTON's 1.0)
     seed: int = 0
     batch_size: int = 8
     max_items: Optional[int] = None        # evaluate only the first N test items
-    tryoff_region: str = "full"            # "full" (mask-free), "gt_box"/"pred_box" (Mask2BBox), "gt_mask"/"pred_mask"
+    tryoff_region: str = "full"            # TRYOFF_REGIONS: "full" (mask-free), "gt_box"/"pred_box" (Mask2BBox),
+                                           # "gt_mask"/"pred_mask"
     weights_dir: Optional[str] = None      # torchvision / Inception backbone files (LPIPS, DISTS, FID, KID)
     clip_dir: Optional[str] = None         # CLIP ViT-B/32 transformers folder (CLIP-FID)
     dino_dir: Optional[str] = None         # DINO ViT-S/16 transformers folder (DINO score)
@@ -178,19 +195,26 @@ class RunConfig:
         return self.stage1 if index == 1 else self.stage2
 
     def resolve(self, text: Optional[str]) -> Optional[str]:
-        """Expand ``${output_dir}``, ``${name}``, ``${config_dir}`` and ``~`` in a path string."""
+        """A path from the config with ``~`` expanded. Values loaded by :func:`load_run_config` are already
+        interpolated; a string with ``${...}`` (e.g. on a RunConfig built in code) is resolved against this run."""
         if text is None:
             return None
-        out = str(text).replace("${name}", self.name).replace("${config_dir}", self.config_dir)
-        if "${output_dir}" in out:
-            out = out.replace("${output_dir}", self.output_path.as_posix())
-        return os.path.expanduser(out)
+        text = str(text)
+        if "${" in text:
+            node = OmegaConf.create({**dataclasses.asdict(self), "_text": text})
+            try:
+                text = str(node._text)
+            except OmegaConfBaseException as exc:
+                raise _omegaconf_error(exc) from None
+        return os.path.expanduser(text)
 
     @property
     def output_path(self) -> Path:
-        return Path(os.path.expanduser(self.output_dir.replace("${name}", self.name)))
+        return Path(self.resolve(self.output_dir))
 
     def validate(self) -> "RunConfig":
+        for s in (self.stage1, self.stage2):
+            s.betas = tuple(s.betas)  # omegaconf 2.3 gives a list for a tuple field
         if not isinstance(self.processes, int) or self.processes < 1:
             raise ConfigError(f"processes: expected an int >= 1, got {self.processes!r}")
         self._validate_numbers()
@@ -199,9 +223,9 @@ class RunConfig:
         if not self.data.datasets and self.data.synthetic is None:
             raise ConfigError("data: expected at least one entry in data.datasets or a data.synthetic section, "
                               "got neither")
-        for spec in self.data.datasets:
-            if spec.kind not in ("vitonhd", "dresscode"):
-                raise ConfigError(f"data.datasets[].kind: expected 'vitonhd' or 'dresscode', got {spec.kind!r}")
+        for i, spec in enumerate(self.data.datasets):
+            if spec.kind not in DATASET_KINDS:
+                raise ConfigError(f"data.datasets[{i}].kind: expected one of {DATASET_KINDS}, got {spec.kind!r}")
         if self.stage0.init not in ("lowpass", "random"):
             raise ConfigError(f"stage0.init: expected 'lowpass' or 'random', got {self.stage0.init!r}")
         if self.stage0.enabled and self.data.synthetic is None:
@@ -211,9 +235,12 @@ class RunConfig:
             if s.lr_unet_base is not None and not self.export.include_base:
                 raise ConfigError(f"stage{i}.lr_unet_base: training the UNet base changes base weights, so "
                                   "export.include_base must be true; got false")
-        if self.eval.tryoff_region not in ("full", "gt_box", "pred_box", "gt_mask", "pred_mask"):
-            raise ConfigError(f"eval.tryoff_region: expected 'full', 'gt_box', 'pred_box', 'gt_mask' or 'pred_mask', "
-                              f"got {self.eval.tryoff_region!r}")
+        if self.eval.tryoff_region not in TRYOFF_REGIONS:
+            raise ConfigError(f"eval.tryoff_region: expected one of {TRYOFF_REGIONS}, got {self.eval.tryoff_region!r}")
+        try:
+            canonical_scheduler(self.eval.scheduler)
+        except ValueError:
+            raise ConfigError(f"eval.scheduler: expected one of {SCHEDULER_NAMES}, got {self.eval.scheduler!r}") from None
         if not self.weights.random_base:
             missing = [n for n in ("unet", "vae", "clip_vision", "text_encoder") if getattr(self.weights, n) is None]
             if missing and not self.stage0.enabled:
@@ -279,7 +306,7 @@ class RunConfig:
         return _plain(d)
 
 
-# ---------------------------------------------------------------------------------------------- (de)serialisation
+# ---------------------------------------------------------------------------------------------- loading
 def _plain(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
@@ -288,127 +315,142 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in (extra or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+def _optional_arg(hint: Any) -> Any:
+    """``X`` for ``Optional[X]``, else ``hint``."""
+    if get_origin(hint) is Union:
+        return next(a for a in get_args(hint) if a is not type(None))
+    return hint
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Coerce a YAML value to the annotated type (dataclasses, lists, tuples, Optional, scalars)."""
-    origin = get_origin(hint)
-    if origin is Union:
-        args = [a for a in get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], where)
+def _describe(hint: Any) -> str:
+    """An annotation in words, for "expected ..." in error messages."""
+    inner = _optional_arg(hint)
+    if inner is not hint:
+        return _describe(inner) + " or null"
+    origin, args = get_origin(hint), get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        args = get_args(hint)
-        if origin is tuple:
-            return tuple(_convert(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value))
-        return [_convert(v, args[0] if args else Any, f"{where}[{i}]") for i, v in enumerate(value)]
+        return f"a mapping of {hint.__name__} fields"
+    if origin is tuple:
+        return f"a list of {len(args)} values ({_describe(args[0])} each)"
+    if origin is list:
+        return f"a list ({_describe(args[0])} each)" if args else "a list"
     if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
-def _from_dict(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        data = {}
+def _first_refused(data: Any, cls: type, where: str) -> Optional[str]:
+    """Why OmegaConf refuses ``data`` for the dataclass ``cls``, as "key: expected ..., got ...", with the full key
+    (OmegaConf's own error has none for a section given a scalar, a tuple of the wrong length or a list item)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__} {data!r}")
-    hints = get_type_hints(cls)
+        return f"{where or 'config'}: expected {_describe(cls)}, got {data!r}"
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; expected a subset of {names}")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+        return f"{where or 'config'}: unknown keys {unknown}; expected a subset of {names}"
+    hints = get_type_hints(cls)
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        inner = _optional_arg(hints[key])
+        item = get_args(inner)[0] if get_origin(inner) is list and get_args(inner) else None
+        if dataclasses.is_dataclass(inner) and isinstance(value, dict):
+            found = _first_refused(value, inner, path)
+        elif dataclasses.is_dataclass(item) and isinstance(value, list):
+            found = next(filter(None, (_first_refused(v, item, f"{path}[{i}]") for i, v in enumerate(value))), None)
+        else:
+            try:
+                OmegaConf.merge(OmegaConf.structured(cls), {key: value})
+                found = None
+            except OmegaConfBaseException:
+                found = f"{path}: expected {_describe(hints[key])}, got {value!r}"
+        if found:
+            return found
+    return None
 
 
-def _parse_scalar(text: str) -> Any:
+def _omegaconf_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
+    """OmegaConf's error as one line naming the key, what was expected and what was received."""
+    key = prefix + (exc.full_key or "") or "config"
+    reason = " ".join(str(exc.msg or exc).split("full_key:")[0].split())
+    got = f", got {str(exc.child_node)!r}" if getattr(exc, "child_node", None) is not None else ""
+    if isinstance(exc, (InterpolationResolutionError, GrammarParseError)):
+        return ConfigError(f"{key}: expected ${{...}} to name keys of the run (such as ${{output_dir}}, ${{name}}, "
+                           f"${{config_dir}}) and to give the key's type; {reason}{got}")
+    return ConfigError(f"{key}: {reason}{got}")
+
+
+def _empty_sections_as_defaults(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A YAML section with nothing under it (``stage0:``) reads as null: it means the section's defaults."""
+    hints = get_type_hints(cls)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if value is None and dataclasses.is_dataclass(hint):
+            data[key] = {}
+        elif isinstance(value, dict) and dataclasses.is_dataclass(_optional_arg(hint)):
+            _empty_sections_as_defaults(value, _optional_arg(hint))
+    return data
+
+
+def _merge(cfg: DictConfig, layer: DictConfig) -> DictConfig:
+    data = _empty_sections_as_defaults(OmegaConf.to_container(layer), RunConfig)
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return OmegaConf.merge(cfg, data)
+    except OmegaConfBaseException as exc:
+        why = _first_refused(data, RunConfig, "")
+        raise (ConfigError(why) if why else _omegaconf_error(exc)) from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a plain config dict."""
-    out = copy.deepcopy(data)
-    for item in overrides or []:
-        if "=" not in item:
+def _read_yaml(p: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(p)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {p}: expected valid YAML, got a parse error: {' '.join(str(exc).split())}") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {p}: expected a readable YAML file with a mapping at the top level, got: {exc}") \
+            from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"--config {p}: expected a mapping at the top level, got a list")
+    return loaded
+
+
+def _read_overrides(overrides: list[str]) -> DictConfig:
+    """``a.b.c=value`` strings (values parsed as YAML) as one config layer."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or not key or not all(key.split(".")):
             raise ConfigError(f"--set: expected 'dotted.key=value', got {item!r}")
-        key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"--set: expected a key before '=', got {item!r}")
-        node = out
-        for p in parts[:-1]:
-            if node.get(p) is None:
-                node[p] = {}
-            if not isinstance(node[p], dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a section")
-            node = node[p]
-        node[parts[-1]] = _parse_scalar(raw)
-    return out
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set: expected YAML values, got a parse error in {list(overrides)}: "
+                          f"{' '.join(str(exc).split())}") from None
+    except OmegaConfBaseException as exc:
+        raise _omegaconf_error(exc, "--set ") from None
 
 
-def load_run_config(path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None,
-                    data: Optional[dict[str, Any]] = None) -> RunConfig:
-    """Read a YAML run file (or a dict), apply ``--set`` overrides and validate."""
+def load_run_config(path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read a YAML run file, apply ``--set`` overrides, resolve ``${...}`` and validate."""
+    cfg = OmegaConf.structured(RunConfig)
     config_dir = "."
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"--config: expected a YAML file, got {str(p)!r} (not found)")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {p}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {p}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = _deep_merge(loaded, data or {})
+        cfg = _merge(cfg, _read_yaml(p))
         config_dir = str(p.resolve().parent)
-    merged = apply_overrides(data or {}, overrides or [])
-    run = _from_dict(RunConfig, merged, "")
-    run.config_dir = config_dir
+    if overrides:
+        cfg = _merge(cfg, _read_overrides(list(overrides)))
+    cfg.config_dir = config_dir
+    try:
+        run = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _omegaconf_error(exc) from None
     return run.validate()
 
 
 def dump_run_config(run: RunConfig, path: str | os.PathLike) -> Path:
-    """Write the effective configuration next to the run's outputs (``<output_dir>/config.yaml``)."""
+    """Write the effective configuration (interpolations resolved) next to the run's outputs
+    (``<output_dir>/config.yaml``); loading that file gives the same run."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(yaml.safe_dump(run.to_dict(), sort_keys=False), encoding="utf-8")

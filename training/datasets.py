@@ -56,12 +56,14 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from twgtm.config import CATEGORIES, canonical_category
-from twgtm.errors import TWGTMError
+from twgtm.errors import ConfigError, TWGTMError
+
+from .config import DATASET_KINDS
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DatasetError", "DatasetFileError", "VitonHDDataset", "DressCodeDataset", "open_dataset",
+    "DatasetError", "DatasetFileError", "VitonHDDataset", "DressCodeDataset", "DATASET_KINDS", "open_dataset",
     "detect_layout", "garment_mask_from_white_background", "mask_from_labels", "mask_from_agnostic", "DRESSCODE_DIRS",
 ]
 
@@ -318,6 +320,7 @@ class VitonHDDataset(Dataset):
         categories: keep only items whose garment is in these categories (default: all).
     """
 
+    kind = "vitonhd"
     _PAIRS_FILES = {"train": ("train_pairs.txt",),
                     "test": ("test_pairs.txt", "test_pairs_unpaired.txt", "test_pairs_paired.txt")}
     _MASK_DIRS = ("agnostic-mask", "agnostic-v3.2", "image-parse-v3")
@@ -433,6 +436,8 @@ class DressCodeDataset(Dataset):
         size: output ``(H, W)``.
     """
 
+    kind = "dresscode"
+
     def __init__(self, root: str | Path, split: str = "train", pairs: str = "paired",
                  categories: Sequence[str] | None = None, size: Sequence[int] = (512, 384)) -> None:
         _check_choice("split", split, ("train", "test"))
@@ -514,10 +519,15 @@ def detect_layout(root: str | Path) -> str:
         f"<cat> in {', '.join(DRESSCODE_DIRS.values())})")
 
 
+_READERS: dict[str, type] = {cls.kind: cls for cls in (VitonHDDataset, DressCodeDataset)}  # keys: DATASET_KINDS
+
+
 def open_dataset(root: str | Path, kind: str = "auto", **kwargs: Any) -> VitonHDDataset | DressCodeDataset:
-    """Open ``root`` as VITON-HD or DressCode (``kind="auto"`` detects it); kwargs go to the reader."""
-    _check_choice("kind", kind, ("auto", "vitonhd", "dresscode"))
+    """Open ``root`` with the reader of ``kind`` (one of :data:`DATASET_KINDS`; ``"auto"`` detects it from the
+    folders); kwargs go to the reader. The one dispatch from a dataset kind to its reader."""
+    if kind != "auto" and kind not in _READERS:
+        raise ConfigError(f"kind: expected one of {('auto',) + DATASET_KINDS}, got {kind!r}")
     if kind == "auto":
         kind = detect_layout(root)
     logger.debug("opening %s as %s", root, kind)
-    return VitonHDDataset(root, **kwargs) if kind == "vitonhd" else DressCodeDataset(root, **kwargs)
+    return _READERS[kind](root, **kwargs)

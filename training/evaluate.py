@@ -16,10 +16,11 @@ metrics always run. Writes ``<protocol>.json`` / ``<protocol>.md`` per protocol 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -27,11 +28,14 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from twgtm.errors import ConfigError
-from twgtm.model import TWGTMModel
+from twgtm.components import TWGTMComponents
+from twgtm.errors import ConfigError, MissingFileError
 from twgtm.weights import BaseSources, load_twgtm
 
-from .report import _unit, run_model
+from .config import EvalConfig
+from .data import open_split
+from .metrics import VTOFF, VTON_PAIRED, MetricResults, compute_metrics, write_report
+from .sampling import run_model, to_unit
 
 logger = logging.getLogger(__name__)
 
@@ -41,53 +45,37 @@ PROTOCOLS = ("vton_paired", "vton_unpaired", "vtoff")
 
 
 @dataclass
-class EvalOptions:
-    num_inference_steps: int = 50
-    guidance_scale: float = 2.5
-    scheduler: str = "ddim"
-    eta: Optional[float] = None             # DDIM eta (None: the model config's)
-    seed: int = 0
-    batch_size: int = 8
-    max_items: Optional[int] = None
-    tryoff_region: str = "full"            # "full", "gt_box", "pred_box", "gt_mask", "pred_mask"
+class EvalOptions(EvalConfig):
+    """The run config's ``eval`` section (:class:`training.config.EvalConfig`: sampler, seed, batch, metric
+    backbones) plus the options of one ``evaluate`` call."""
+
     size: Optional[tuple[int, int]] = None  # evaluation (H, W); default the model size
-    weights_dir: Optional[str] = None
-    clip_dir: Optional[str] = None
-    dino_dir: Optional[str] = None
-    lpips_net: str = "alex"
     save_images: bool = False
     strict: bool = False
     categories: Optional[list[str]] = None  # DressCode categories (default: all present)
-    kind: str = "auto"                      # dataset layout: auto, vitonhd, dresscode
-    extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = "auto"                      # dataset layout: auto or one of training.config.DATASET_KINDS
+
+    @classmethod
+    def from_config(cls, ev: EvalConfig, **options: Any) -> "EvalOptions":
+        return cls(**{**dataclasses.asdict(ev), **options})
 
 
 def _load_items(root: str, opts: EvalOptions, pairs: str, size: tuple[int, int]) -> dict[str, Any]:
-    from .datasets import open_dataset
-
-    kwargs: dict[str, Any] = {"split": "test", "pairs": pairs, "size": size}
-    from .datasets import detect_layout
-
-    kind = detect_layout(root) if opts.kind == "auto" else opts.kind
-    if kind == "dresscode":
-        kwargs["categories"] = opts.categories
-    ds = open_dataset(root, kind, **kwargs)
+    ds = open_split(root, opts.kind, split="test", pairs=pairs, size=size, categories=opts.categories)
     n = len(ds) if opts.max_items is None else min(len(ds), opts.max_items)
     if n == 0:
         raise ConfigError(f"--data {root}: the test split ({pairs}) has no items")
     items = [ds[i] for i in range(n)]
     batch = default_collate(items)
-    out = {"person": _unit(batch["person"]), "garment": _unit(batch["garment"]), "mask": batch["person_mask"],
+    out = {"person": to_unit(batch["person"]), "garment": to_unit(batch["garment"]), "mask": batch["person_mask"],
            "garment_mask": batch["garment_mask"], "categories": list(batch["category"]),
-           "ids": [f"{a}__{b}" for a, b in zip(batch["person_id"], batch["garment_id"])], "kind": kind}
+           "ids": [f"{a}__{b}" for a, b in zip(batch["person_id"], batch["garment_id"])], "kind": ds.kind}
     if "garment_target" in batch:
-        out["target"] = _unit(batch["garment_target"])
+        out["target"] = to_unit(batch["garment_target"])
     return out
 
 
 def _merge(*parts):
-    from .metrics import MetricResults
-
     out = MetricResults()
     for p in parts:
         out.update(p)
@@ -112,11 +100,9 @@ def _save_images(images: torch.Tensor, ids: Sequence[str], folder: Path) -> None
         Image.fromarray(arr).save(folder / f"{name}.png")
 
 
-def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocols: Sequence[str] = PROTOCOLS,
+def evaluate(model: TWGTMComponents, data_root: str, out_dir: str | Path, *, protocols: Sequence[str] = PROTOCOLS,
              opts: Optional[EvalOptions] = None) -> dict[str, Any]:
     """Run the protocols on ``data_root``'s test split; write JSON and Markdown into ``out_dir``."""
-    from .metrics import VTOFF, compute_metrics, write_report
-
     opts = opts or EvalOptions()
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
@@ -130,8 +116,8 @@ def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocol
                   dino_dir=opts.dino_dir)
     gen = dict(steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale, eta=opts.eta, seed=opts.seed,
                scheduler=opts.scheduler, batch_size=opts.batch_size)
-    summary: dict[str, Any] = {"data": str(data_root), "size": list(size), "settings": {
-        k: v for k, v in opts.__dict__.items() if k not in ("extra",)}, "protocols": {}}
+    summary: dict[str, Any] = {"data": str(data_root), "size": list(size), "settings": dataclasses.asdict(opts),
+                               "protocols": {}}
     md_parts = []
     for proto in protocols:
         t0 = time.perf_counter()
@@ -152,7 +138,7 @@ def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocol
         for row, idx in _by_category(d["categories"], d["kind"]).items():
             p = pred[idx]
             if proto == "vton_paired":
-                res = compute_metrics(p, d["person"][idx], ["ssim", "lpips"], **common)
+                res = compute_metrics(p, d["person"][idx], list(VTON_PAIRED), **common)
             elif proto == "vton_unpaired":
                 dist = compute_metrics(p, d["person"][idx], ["fid", "kid"], **common)
                 ref = d.get("target", d["person"])[idx]
@@ -179,8 +165,6 @@ def evaluate(model: TWGTMModel, data_root: str, out_dir: str | Path, *, protocol
         for reason in sorted(set(skipped.values())):
             logger.warning("metric skipped: %s", reason)
         if opts.strict:
-            from twgtm.errors import MissingFileError
-
             raise MissingFileError("evaluate --strict: metrics were skipped: " +
                                    "; ".join(sorted(set(skipped.values()))))
     return summary

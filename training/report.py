@@ -1,4 +1,4 @@
-"""Image grids, and the main job's report: the trained model against trivial baselines.
+"""The main job's report: the trained model against trivial baselines.
 
 The report runs on held-out synthetic pairs (the test split: unpaired try-on pairs with a rendered
 ground truth, ``test/unpaired-gt/``, and each person's own garment as the try-off ground truth) and
@@ -36,21 +36,23 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from torch.utils.data import default_collate
 
+from twgtm.components import TWGTMComponents
 from twgtm.images import fit_to_canvas
-from twgtm.latents import mask_to_box
-from twgtm.model import TWGTMModel
-from twgtm.pipeline import TWGTMPipeline
+
+from .data import build_eval_dataset, build_train_dataset
+from .grids import save_image_grid
+from .metrics import HIGHER_IS_BETTER as METRIC_HIGHER_IS_BETTER, compute_metrics, mask_iou
+from .sampling import run_model, to_unit
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["save_image_grid", "sample_grid", "region_l1", "region_ssim", "run_model", "baseline_report",
-           "PRIMARY_COMPARISONS"]
+__all__ = ["region_l1", "region_ssim", "changed_region", "baseline_report", "PRIMARY_COMPARISONS"]
 
 # (task, metric, baseline) triples that decide whether the model passes
 PRIMARY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
@@ -61,74 +63,9 @@ PRIMARY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("tryoff", "l1", "mean_garment"), ("tryoff", "ssim", "mean_garment"),
     ("mask", "mask_iou", "mean_mask"),
 )
-HIGHER_IS_BETTER = {"changed_l1": False, "changed_ssim": True, "region_l1": False, "region_ssim": True,
-                    "l1": False, "ssim": True, "mask_iou": True, "ms_ssim": True, "cw_ssim": True,
-                    "lpips": False, "dists": False}
-
-
-# ---------------------------------------------------------------------------------------------- grids
-def _to_pil(x: torch.Tensor) -> Image.Image:
-    x = x.detach().float().cpu().clamp(0, 1)
-    if x.shape[0] == 1:
-        x = x.repeat(3, 1, 1)
-    arr = (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype("uint8")  # (H, W, 3)
-    return Image.fromarray(arr)
-
-
-def save_image_grid(rows: Sequence[Sequence[torch.Tensor]], path: str | Path, *,
-                    row_labels: Optional[Sequence[str]] = None, scale: int = 2, pad: int = 2) -> Path:
-    """Write a PNG grid: ``rows[r][c]`` is an image (3 or 1, H, W) in [0, 1]; labels on the left."""
-    cells = [[_to_pil(x) for x in row] for row in rows]
-    ch = max(im.height for row in cells for im in row) * scale
-    cw = max(im.width for row in cells for im in row) * scale
-    ncol = max(len(r) for r in cells)
-    font = ImageFont.load_default()
-    label_w = 0
-    if row_labels:
-        label_w = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in row_labels) + 8
-    grid = Image.new("RGB", (label_w + ncol * (cw + pad) + pad, len(cells) * (ch + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for r, row in enumerate(cells):
-        y = pad + r * (ch + pad)
-        if row_labels:
-            draw.text((4, y + ch // 2 - 6), row_labels[r], fill=(0, 0, 0), font=font)
-        for c, im in enumerate(row):
-            grid.paste(im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST),
-                       (label_w + pad + c * (cw + pad), y))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] dataset images -> [0, 1]."""
-    return ((x.float() + 1.0) / 2.0).clamp(0, 1)
-
-
-@torch.no_grad()
-def sample_grid(model: TWGTMModel, items: dict, path: str | Path, *, steps: int = 10, seed: int = 0,
-                guidance_scale: Optional[float] = None, eta: Optional[float] = None,
-                tryoff_region: str = "full") -> Path:
-    """Try-on and try-off of a batch of dataset items (as collated) -> PNG grid.
-
-    Rows: person, garment, repaint mask, try-on, try-on ground truth (if the items carry one), try-off,
-    predicted garment mask. ``guidance_scale``/``eta`` default to the model config's; ``tryoff_region`` as
-    in :func:`run_model` (the ground-truth variants are not available here and fall back to "full").
-    """
-    person, garment = _unit(items["person"]), _unit(items["garment"])
-    mask, cats = items["person_mask"], list(items["category"])
-    outs = run_model(model, person, garment, mask, cats, steps=steps,
-                     guidance_scale=model.config.guidance_scale if guidance_scale is None else guidance_scale,
-                     eta=eta, seed=seed, tryoff_region=tryoff_region if tryoff_region.startswith("pred") else "full")
-    rows = [list(person), list(garment), list(mask), list(outs["tryon"])]
-    labels = ["person", "garment", "mask", "try-on"]
-    if "garment_target" in items:
-        rows.append(list(_unit(items["garment_target"])))
-        labels.append("try-on GT")
-    rows += [list(outs["tryoff"]), list(outs["mask"])]
-    labels += ["try-off", "pred. mask"]
-    return save_image_grid(rows, path, row_labels=labels)
+# the report's own metrics, on top of training.metrics' (SSIM, LPIPS, mask IoU, ...)
+HIGHER_IS_BETTER = {**METRIC_HIGHER_IS_BETTER, "changed_l1": False, "changed_ssim": True, "region_l1": False,
+                    "region_ssim": True, "l1": False}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -168,60 +105,8 @@ def region_ssim(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> flo
     return float(((smap * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)).mean())
 
 
-# ---------------------------------------------------------------------------------------------- model outputs
-@torch.no_grad()
-def run_model(model: TWGTMModel, person: torch.Tensor, garment: torch.Tensor, mask: torch.Tensor,
-              categories: list[str], *, steps: int, guidance_scale: float, seed: int, scheduler: str = "ddim",
-              eta: Optional[float] = None, batch_size: int = 16, tryoff_region: str = "full",
-              garment_mask: Optional[torch.Tensor] = None,
-              tasks: Sequence[str] = ("tryon", "tryoff", "mask")) -> dict[str, torch.Tensor]:
-    """Try-on, try-off and the predicted garment mask for all items (images in [0, 1], chunked).
-
-    ``eta``: DDIM eta (None: the model config's). With try-off, the mask is the one try-off predicted
-    (the same TFQ_0 as :meth:`TWGTMPipeline.predict_garment_mask`, computed once).
-
-    Try-off uses the whole canvas (``tryoff_region="full"``), the box around ``garment_mask`` with a 5%
-    margin (``"gt_box"``, Mask2BBox gt) or ``garment_mask`` itself (``"gt_mask"``), or the box around /
-    the silhouette of the largest component of the model's own predicted mask (``"pred_box"``, Mask2BBox
-    pred / ``"pred_mask"``). With a region the canvas stays white outside it (the pipeline's paste-back,
-    as try-on pastes the person back outside its mask).
-    """
-    pipe = TWGTMPipeline(model)
-    out: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
-    canvas = tuple(garment.shape[-2:])
-    for i in range(0, len(person), batch_size):
-        sl = slice(i, i + batch_size)
-        cats = categories[sl]
-        gen = seed + i  # a different, reproducible seed per chunk
-        if "tryon" in tasks:
-            out["tryon"].append(pipe.try_on(person[sl], garment[sl], mask[sl], cats, num_inference_steps=steps,
-                                            guidance_scale=guidance_scale, eta=eta, generator=gen,
-                                            scheduler=scheduler).images)
-        if "tryoff" in tasks:
-            region = None
-            if tryoff_region == "gt_box":
-                region = mask_to_box(garment_mask[sl].float(), margin=0.05)
-            elif tryoff_region == "gt_mask":
-                region = (garment_mask[sl] > 0.5).float()
-            # outside a region the canvas stays white (paste_back), as try-on pastes the person back
-            off = pipe.try_off(person[sl], cats, region, predicted_box=tryoff_region == "pred_box",
-                               predicted_mask=tryoff_region == "pred_mask", num_inference_steps=steps,
-                               guidance_scale=guidance_scale, eta=eta, generator=gen, scheduler=scheduler,
-                               output_size=canvas)
-            out["tryoff"].append(off.images)
-            if "mask" in tasks:
-                out["mask"].append(off.garment_mask)
-        elif "mask" in tasks:
-            out["mask"].append(pipe.predict_garment_mask(person[sl], cats, output_size=canvas))
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
 # ---------------------------------------------------------------------------------------------- the report
 def _load_split(run, cfg, root: Optional[str] = None) -> dict[str, Any]:
-    from torch.utils.data import default_collate
-
-    from .trainer import build_eval_dataset
-
     unpaired = build_eval_dataset(run, cfg, pairs="unpaired", root=root)
     paired = build_eval_dataset(run, cfg, pairs="paired", root=root)
     if not getattr(unpaired, "has_target", False):
@@ -232,21 +117,19 @@ def _load_split(run, cfg, root: Optional[str] = None) -> dict[str, Any]:
     p = default_collate([paired[i] for i in range(n)])
     if list(u["person_id"]) != list(p["person_id"]):
         raise ValueError("report: paired and unpaired test items are not in the same person order")
-    return {"person": _unit(u["person"]), "garment": _unit(u["garment"]), "mask": u["person_mask"],
-            "tryon_gt": _unit(u["garment_target"]), "own_garment": _unit(p["garment"]),
+    return {"person": to_unit(u["person"]), "garment": to_unit(u["garment"]), "mask": u["person_mask"],
+            "tryon_gt": to_unit(u["garment_target"]), "own_garment": to_unit(p["garment"]),
             "garment_mask": p["garment_mask"], "categories": list(u["category"]),
             "ids": [f"{a}__{b}" for a, b in zip(u["person_id"], u["garment_id"])]}
 
 
 def _training_means(run, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean training garment (3, H, W) in [0, 1] and mean garment mask binarised at 0.5 (1, H, W)."""
-    from .trainer import build_train_dataset
-
     ds = build_train_dataset(run, cfg)
     total_g, total_m, n = None, None, 0
     for i in range(len(ds)):
         item = ds[i]  # a FlipDataset reads a plain index unflipped
-        g, m = _unit(item["garment"]), item["garment_mask"].float()
+        g, m = to_unit(item["garment"]), item["garment_mask"].float()
         total_g = g if total_g is None else total_g + g
         total_m = m if total_m is None else total_m + m
         n += 1
@@ -255,8 +138,6 @@ def _training_means(run, cfg) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _task_metrics(task: str, pred: torch.Tensor, gt: torch.Tensor, region: Optional[dict[str, torch.Tensor]],
                   run) -> tuple[dict[str, Optional[float]], dict[str, str]]:
-    from .metrics import compute_metrics
-
     values: dict[str, Optional[float]] = {}
     if task == "tryon":
         values["changed_l1"] = region_l1(pred, gt, region["changed"])
@@ -271,7 +152,7 @@ def _task_metrics(task: str, pred: torch.Tensor, gt: torch.Tensor, region: Optio
     return values, dict(res.skipped)
 
 
-def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Optional[dict] = None,
+def baseline_report(model: TWGTMComponents, run, out_dir: str | Path, *, timings: Optional[dict] = None,
                     eval_root: Optional[str] = None) -> dict:
     """Evaluate ``model`` and the baselines on the held-out synthetic pairs; write report.json/.md and grid.png.
 
@@ -311,8 +192,6 @@ def baseline_report(model: TWGTMModel, run, out_dir: str | Path, *, timings: Opt
     regions = {"mask": region, "changed": changed_region(person, data["tryon_gt"], region)}
 
     # 3. metrics
-    from .metrics import mask_iou
-
     results: dict[str, dict[str, dict[str, Optional[float]]]] = {"tryon": {}, "tryoff": {}, "mask": {}}
     skipped: dict[str, str] = {}
     for task, rows in candidates.items():

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -41,10 +41,12 @@ from twgtm.config import TWGTMConfig
 from twgtm.errors import MissingFileError, WeightsError
 
 from .config import RunConfig
+from .grids import save_image_grid
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_vae", "load_stage0_vae", "vae_image_pool", "stage0_done"]
+__all__ = ["train_vae", "load_stage0_vae", "vae_image_pool", "identity_init_vae"]
 
 _VAE_FILE = "vae.safetensors"
 
@@ -189,10 +191,6 @@ def identity_init_vae(vae: AutoencoderKL, *, const: float = 3.0, offset: float =
     return True
 
 
-def stage0_done(run: RunConfig) -> bool:
-    return (run.output_path / "stage0" / _VAE_FILE).is_file()
-
-
 def _save_vae(vae: AutoencoderKL, path: Path, scaling_factor: float, shift: list[float], step: int) -> None:
     meta = {"vae_config": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in dict(vae.config).items()
                                       if not k.startswith("_")}),
@@ -264,8 +262,6 @@ def _latent_stats(vae: AutoencoderKL, pool: torch.Tensor, seed: int) -> tuple[li
 
 
 def _save_recon_grid(vae: AutoencoderKL, pool: torch.Tensor, path: Path) -> None:
-    from .report import save_image_grid
-
     with torch.no_grad():
         x = pool[:: max(1, len(pool) // 8)][:8]
         y = vae.decode(vae.encode(x).latent_dist.mode()).sample
@@ -326,7 +322,7 @@ def train_vae(run: RunConfig, cfg: TWGTMConfig, dataset, accelerator) -> Path:
     f = 2 ** (len(cfg.vae["block_out_channels"]) - 1)
     latent_hw = (pool.shape[-2] // f, pool.shape[-1] // f)
     t0 = time.perf_counter()
-    progress = _progress(accelerator, start, s0.max_steps, "stage 0 (VAE)")
+    progress = progress_bar(accelerator, start, s0.max_steps, "stage 0 (VAE)")
     best = (_val_l1(accelerator.unwrap_model(objective).vae, val), start,
             {k: v.detach().clone() for k, v in accelerator.unwrap_model(objective).vae.state_dict().items()})
     for step in range(start, s0.max_steps):
@@ -382,9 +378,3 @@ def train_vae(run: RunConfig, cfg: TWGTMConfig, dataset, accelerator) -> Path:
     accelerator.free_memory()
     return final
 
-
-def _progress(accelerator, start: int, total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=desc, disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True, mininterval=2.0)

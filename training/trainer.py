@@ -6,8 +6,8 @@ One command runs on one CPU, one GPU, or many GPUs and nodes (``accelerate launc
   with ``L_diff + lambda * L_mask``; **stage 2** starts from stage 1's weights, creates the Decoder and
   the Extended Attention processors (ZLL zero-initialised, so the model starts equal to stage 1) and
   trains with ``L_diff``. Both tasks are mixed in every batch and the classifier-free-guidance drop is
-  applied per sample; all of that is :meth:`twgtm.model.TWGTMModel.compute_loss` /
-  ``parameter_groups`` / ``enable_stage2``, which this module only drives.
+  applied per sample; the objective and the trainable sets are :mod:`training.objective`, and the
+  stage change is :meth:`twgtm.components.TWGTMComponents.enable_stage2`; this module drives them.
 * **Exact resume.** A checkpoint (``<stage dir>/checkpoints/step-NNNNNN/``) holds accelerate's state
   (model, optimiser, grad scaler, RNG states) plus ``trainer_state.json`` (step, LR schedule, data
   position), written last so a half-written checkpoint is never picked. Every random draw of a training
@@ -40,21 +40,26 @@ import numpy as np
 import torch
 import torch.nn as nn
 from diffusers import DDPMScheduler
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, default_collate
 
 from twgtm.config import TWGTMConfig
 from twgtm.errors import ConfigError, MissingFileError, WeightsError
-from twgtm.model import TWGTMModel
+from twgtm.components import TWGTMComponents
 from twgtm.weights import BaseSources, build_from_sources, load_twgtm, save_twgtm
 
 from .config import RunConfig, StageConfig
+from .data import build_eval_dataset, build_train_dataset
+from .grids import sample_grid
+from .objective import TrainingObjective, spec_parameter_groups
+from .progress import progress_bar
+from .stage0_vae import load_stage0_vae
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "make_accelerator", "configure_torch", "prepare_data", "build_train_dataset", "build_eval_dataset",
-    "model_config", "build_stage1_model", "load_catvton_attention", "TrainingObjective", "ResumableBatchSampler",
-    "train_stage", "stage_model_path", "find_checkpoint", "export_model", "StageResult", "seeded_rng",
+    "make_accelerator", "configure_torch", "model_config", "base_sources", "build_stage1_model",
+    "load_catvton_attention", "ResumableBatchSampler", "train_stage", "stage_model_path", "find_checkpoint",
+    "export_model", "StageResult", "seeded_rng",
 ]
 
 STATE_FILE = "trainer_state.json"
@@ -115,43 +120,7 @@ def seeded_rng(seed: int, device: Any = None) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-# ---------------------------------------------------------------------------------------------- data
-class CachedDataset(Dataset):
-    """Every item decoded once, up front (small sets only)."""
-
-    def __init__(self, base: Dataset):
-        self.items = [base[i] for i in range(len(base))]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.items[index]
-
-
-class FlipDataset(Dataset):
-    """Indices are ``(index, flip)`` pairs from :class:`ResumableBatchSampler`; ``flip`` mirrors every image
-    and mask of the item (person, garment and both masks stay consistent)."""
-
-    _IMAGE_KEYS = ("person", "garment", "person_mask", "garment_mask", "garment_target")
-
-    def __init__(self, base: Dataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, key) -> dict:
-        index, flip = key if isinstance(key, tuple) else (key, False)
-        item = self.base[index]
-        if flip:
-            item = dict(item)
-            for k in self._IMAGE_KEYS:
-                if k in item:
-                    item[k] = torch.flip(item[k], dims=(-1,))
-        return item
-
-
+# ---------------------------------------------------------------------------------------------- data order (datasets: training.data)
 class ResumableBatchSampler:
     """Infinite, seeded, resumable batches for one process.
 
@@ -194,105 +163,38 @@ class ResumableBatchSampler:
             micro += 1
 
 
-def prepare_data(run: RunConfig, accelerator) -> None:
-    """Generate the synthetic set once (main process) if the run uses one and it is not there yet; a set there
-    generated with other parameters (``synthetic.json``) is a ConfigError, never silently reused."""
-    spec = run.data.synthetic
-    if spec is None:
-        return
-    root = Path(run.resolve(spec.root))
-    summary = root / "synthetic.json"
-    if accelerator.is_main_process and summary.is_file():  # generated before: reused only if it is this config's
-        try:
-            made = json.loads(summary.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            made = {}
-        want = {"n_train": spec.n_train, "n_test": spec.n_test, "height": spec.height, "width": spec.width,
-                "seed": spec.seed, "categories": list(spec.categories)}
-        differ = {k: made.get(k) for k, v in want.items() if made.get(k) != v}
-        if differ:
-            raise ConfigError(f"data.synthetic: {str(root)!r} holds a synthetic set generated with {differ}, the "
-                              f"config asks for {({k: want[k] for k in differ})}; delete that folder (it is "
-                              f"regenerated) or set data.synthetic.root to another folder")
-    if accelerator.is_main_process and not summary.is_file():
-        from .synthetic import generate
-
-        t0 = time.perf_counter()
-        generate(root, n_train=spec.n_train, n_test=spec.n_test, height=spec.height, width=spec.width,
-                 seed=spec.seed, categories=spec.categories)
-        logger.info("synthetic data: %d + %d items in %s (%.1f s)", spec.n_train, spec.n_test, root,
-                    time.perf_counter() - t0)
-    accelerator.wait_for_everyone()
-
-
-def _dataset_specs(run: RunConfig) -> list[tuple[str, str, Optional[list[str]]]]:
-    specs = [(s.kind, run.resolve(s.root), s.categories) for s in run.data.datasets]
-    if run.data.synthetic is not None:
-        specs.insert(0, ("vitonhd", run.resolve(run.data.synthetic.root), None))
-    return specs
-
-
-def _open(kind: str, root: str, categories, **kwargs) -> Dataset:
-    from .datasets import DressCodeDataset, VitonHDDataset
-
-    if kind == "vitonhd":
-        return VitonHDDataset(root, **kwargs)
-    return DressCodeDataset(root, categories=categories, **kwargs)
-
-
-def build_train_dataset(run: RunConfig, cfg: TWGTMConfig) -> Dataset:
-    """All training sets at the model size, concatenated (paired train split)."""
-    parts = [_open(kind, root, cats, split="train", pairs="paired", size=(cfg.height, cfg.width))
-             for kind, root, cats in _dataset_specs(run)]
-    ds: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-    if run.data.cache_in_memory:
-        ds = CachedDataset(ds)
-    return FlipDataset(ds) if run.data.hflip else ds
-
-
-def build_eval_dataset(run: RunConfig, cfg: TWGTMConfig, *, pairs: str = "unpaired",
-                       root: Optional[str] = None) -> Dataset:
-    """The held-out split of the first dataset (the synthetic set when there is one), or of the same kind of
-    dataset at ``root`` (e.g. a validation set generated with another seed)."""
-    kind, own_root, cats = _dataset_specs(run)[0]
-    return _open(kind, root or own_root, cats, split=run.data.eval_split, pairs=pairs, size=(cfg.height, cfg.width))
-
-
 # ---------------------------------------------------------------------------------------------- model
 def model_config(run: RunConfig, stage: int) -> TWGTMConfig:
     """The model config of a stage; with stage 0 its latent scaling and shift come from the own VAE."""
     cfg = run.model.build()
     cfg.stage = 1 if stage <= 1 else 2
     if run.stage0.enabled:
-        from .stage0_vae import load_stage0_vae
-
         _, scale, shift = load_stage0_vae(run)
         cfg.scaling_factor, cfg.shift_factor = scale, shift
     return cfg
 
 
-def _base_sources(run: RunConfig) -> BaseSources:
+def base_sources(run: RunConfig) -> BaseSources:
+    """The run's local base weights (``weights.*``) for :func:`twgtm.weights.build_from_sources` / ``load_twgtm``."""
     w = run.weights
     return BaseSources(unet=run.resolve(w.unet), vae=run.resolve(w.vae), clip_vision=run.resolve(w.clip_vision),
                        text_encoder=run.resolve(w.text_encoder), tokenizer=run.resolve(w.tokenizer),
                        swin=run.resolve(w.swin))
 
 
-def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMModel:
+def build_stage1_model(run: RunConfig, cfg: TWGTMConfig) -> TWGTMComponents:
     """Stage 1's starting point: pretrained base components (paper recipe) or a seeded random toy model."""
     torch.manual_seed(_seed_from("init", run.seed) & 0xFFFFFFFF)
     vae = None
     if run.stage0.enabled:
-        from .stage0_vae import load_stage0_vae
-
         vae, _, _ = load_stage0_vae(run)
     w = run.weights
     if w.random_base:
-        model = TWGTMModel(cfg, vae=vae, random_prompts=True)
+        model = TWGTMComponents.build(cfg, vae=vae, random_prompts=True)
     else:
-        model = build_from_sources(cfg, _base_sources(run))
+        model = build_from_sources(cfg, base_sources(run))
         if vae is not None:
-            model.vae = vae
+            model.vae = vae.requires_grad_(False).eval()
     if w.catvton_attention:
         load_catvton_attention(model.unet, run.resolve(w.catvton_attention))
     return model
@@ -369,14 +271,13 @@ def stage_model_path(run: RunConfig, stage: int) -> Path:
     return stage_dir(run, stage) / "model.safetensors"
 
 
-def load_stage_model(run: RunConfig, path: Path, device="cpu") -> TWGTMModel:
-    """A stage's saved weights (``model.safetensors``) as a trainable model."""
-    base = None if run.export.include_base else _base_sources(run)
-    model = load_twgtm(path, base=base, device=device)
-    return model.train()
+def load_stage_model(run: RunConfig, path: Path, device="cpu") -> TWGTMComponents:
+    """A stage's saved weights (``model.safetensors``) as components."""
+    base = None if run.export.include_base else base_sources(run)
+    return load_twgtm(path, base=base, device=device)
 
 
-def build_stage_model(run: RunConfig, stage: int) -> TWGTMModel:
+def build_stage_model(run: RunConfig, stage: int) -> TWGTMComponents:
     if stage == 1:
         return build_stage1_model(run, model_config(run, 1))
     src = stage_model_path(run, 1)
@@ -389,24 +290,10 @@ def build_stage_model(run: RunConfig, stage: int) -> TWGTMModel:
     return model
 
 
-class TrainingObjective(nn.Module):
-    """``compute_loss`` as a forward, so DDP/accelerate see one call per micro-batch."""
-
-    def __init__(self, model: TWGTMModel, noise_scheduler: DDPMScheduler, vtoff_prob: float = 0.5):
-        super().__init__()
-        self.model = model
-        self.noise_scheduler = noise_scheduler
-        self.vtoff_prob = vtoff_prob
-
-    def forward(self, batch: dict, seed: int) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        return self.model.compute_loss(batch, self.noise_scheduler, generator=g, vtoff_prob=self.vtoff_prob)
-
-
-def parameter_groups(model: TWGTMModel, s: StageConfig) -> list[dict]:
-    """The spec's trainable sets (``model.parameter_groups``), plus the UNet base when ``lr_unet_base``
-    is set (toy preset only: its UNet is random, there is no pretrained base to keep frozen)."""
-    groups = model.parameter_groups(lr_unet=s.lr_unet, lr_new=s.lr_new, lr_swin=s.lr_swin)
+def parameter_groups(model: TWGTMComponents, s: StageConfig) -> list[dict]:
+    """The spec's trainable sets (:func:`training.objective.spec_parameter_groups`), plus the UNet base when
+    ``lr_unet_base`` is set (toy preset only: its UNet is random, there is no pretrained base to keep frozen)."""
+    groups = spec_parameter_groups(model, lr_unet=s.lr_unet, lr_new=s.lr_new, lr_swin=s.lr_swin)
     if s.lr_unet_base is not None:
         taken = {id(p) for g in groups for p in g["params"]}
         base = [p for p in model.unet.parameters() if id(p) not in taken]
@@ -532,13 +419,6 @@ class CSVLog:
             f.flush()
 
 
-def _progress(accelerator, start: int, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc=desc, disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True, mininterval=2.0)
-
-
 # ---------------------------------------------------------------------------------------------- the loop
 @dataclass
 class StageResult:
@@ -575,18 +455,18 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
 
     # 1. model, objective, optimiser, schedule
     model = build_stage_model(run, stage)
-    model.train()
     if run.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-        model.srm.enable_gradient_checkpointing(True)
+        model.reference_encoder.srm.enable_gradient_checkpointing(True)
     groups = parameter_groups(model, s)
     group_names = [g["name"] for g in groups]
     optimizer = torch.optim.AdamW(groups, betas=tuple(s.betas), weight_decay=s.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(s.warmup_steps))
     noise_scheduler = DDPMScheduler.from_config(model.config.scheduler)
-    objective = TrainingObjective(model, noise_scheduler, s.vtoff_prob)
+    objective = TrainingObjective(model, noise_scheduler, vtoff_prob=s.vtoff_prob,
+                                  region_reference_height=s.region_reference_height).train()
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    raw_model: TWGTMModel = accelerator.unwrap_model(objective).model
+    raw_model: TWGTMComponents = accelerator.unwrap_model(objective).components
     trainable = [p for g in groups for p in g["params"]]
     ema = EMA(trainable, s.ema_decay) if s.ema_decay else None
     logger.info("stage %d: %s trainable parameters in groups %s", stage,
@@ -628,7 +508,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     fields = ["step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm"] + \
              [f"lr_{n}" for n in group_names] + ["seconds_per_step", "samples_per_second", "elapsed"]
     log = CSVLog(out / "log.csv", fields, step if ckpt is not None else None, accelerator.is_main_process)
-    progress = _progress(accelerator, step, total, f"stage {stage}")
+    progress = progress_bar(accelerator, step, total, f"stage {stage}")
     last_loss = None
     t_loop, steps_timed = time.perf_counter(), 0
     while step < total:
@@ -674,7 +554,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
         if sample_items is not None and (step % s.sample_every == 0 or step == total):
             if ema is not None:
                 ema.swap()
-            _write_samples(raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run)
+            _write_samples(objective, raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run)
             if ema is not None:
                 ema.swap()
         if step % s.checkpoint_every == 0 or step == total or step == stop_after:
@@ -705,8 +585,6 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
 
 def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[dict]:
     """A fixed batch of held-out items for the sample grids (training items if there is no test split)."""
-    from torch.utils.data import default_collate
-
     try:
         ds = build_eval_dataset(run, cfg, pairs="unpaired")
     except (OSError, ValueError) as exc:
@@ -718,16 +596,15 @@ def _sample_items(run: RunConfig, cfg: TWGTMConfig, s: StageConfig) -> Optional[
     return default_collate([ds[i] for i in range(n)])  # a FlipDataset reads a plain index unflipped
 
 
-def _write_samples(model: TWGTMModel, items: dict, path: Path, s: StageConfig, run: RunConfig) -> None:
-    from .report import sample_grid
-
-    was_training = model.training
-    model.eval()
+def _write_samples(objective: nn.Module, model: TWGTMComponents, items: dict, path: Path, s: StageConfig,
+                   run: RunConfig) -> None:
+    was_training = objective.training
+    objective.eval()
     try:
         sample_grid(model, items, path, steps=s.sample_steps, seed=run.eval.seed,
                     guidance_scale=run.eval.guidance_scale, eta=run.eval.eta, tryoff_region=run.eval.tryoff_region)
     finally:
-        model.train(was_training)
+        objective.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -51,7 +51,12 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
-    """diffusers ``AttnProcessor2_0`` logic, returning the projected output and the query heads."""
+    """diffusers ``AttnProcessor2_0`` logic, returning the projected output and the query heads.
+
+    Copied from diffusers (Apache-2.0), ``src/diffusers/models/attention_processor.py``,
+    ``AttnProcessor2_0.__call__`` (diffusers 0.30-0.42), changed to also return the query heads and a
+    ``finish`` closure, so the Extended Attention processor can add its branch before the output reshape.
+    """
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -203,3 +208,20 @@ def precompute_srm_kv(unet, srm: dict[int, torch.Tensor]) -> dict[str, tuple[tor
         attn = modules[name[: -len(".processor")]]
         out[name] = proc.project(srm[proc.level].to(attn.to_q.weight.dtype), attn.heads)
     return out
+
+
+def model_output(unet, latent_input: torch.Tensor, timestep: torch.Tensor, f_sam: torch.Tensor, *,
+                 f_srm: dict[int, torch.Tensor] | None = None, srm_gate=None, srm_rows: slice | None = None,
+                 srm_kv: dict | None = None) -> torch.Tensor:
+    """One UNet call on the 9-channel input (B, 9, h, 2w) -> (B, 4, h, 2w).
+
+    The output is in the scheduler's prediction type (``config.scheduler["prediction_type"]``): the noise
+    (epsilon), the velocity (v_prediction) or the clean latent (sample). ``f_sam`` is the ``attn2``
+    context; the SRM arguments (module docstring) reach the Extended Attention processors, and are left
+    out when there are none, so a stage-1 UNet and the baseline take exactly the plain path.
+    """
+    kwargs = None
+    if f_srm is not None or srm_kv is not None:
+        kwargs = {"srm": f_srm, "srm_gate": srm_gate, "srm_rows": srm_rows, "srm_kv": srm_kv}
+    return unet(latent_input, timestep, encoder_hidden_states=f_sam, cross_attention_kwargs=kwargs,
+                return_dict=False)[0]

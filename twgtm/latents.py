@@ -186,46 +186,41 @@ def largest_component(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _odd(x: float) -> int:
-    k = max(1, int(round(x)))
-    return k if k % 2 == 1 else k + 1
-
-
-def sample_square_region(
-    garment_mask: torch.Tensor,
-    generator: torch.Generator | None = None,
-    *,
-    p_box: float = 0.5,
-    p_full: float = 0.1,
-    erode_range: tuple[int, int] = (1, 15),
-    dilate_range: tuple[int, int] = (33, 129),
-    reference_height: int = 1024,
-) -> torch.Tensor:
-    """Stage-2 "square-shaped" inpainting region R per sample (spec 1.1, gap #29).
-
-    ``R = dilate_sq(erode_sq(M_c, k_e), k_d) | M_c``; with probability ``p_box`` R becomes its
-    bounding box and with ``p_full`` the whole canvas (the full-canvas share covers mask-free
-    inference). Kernel sizes are given at 1024 px and scaled to the mask height; they stay odd.
-    """
-    b, _, hgt, _ = garment_mask.shape
-    scale = hgt / reference_height
-    m = (garment_mask > 0.5).float()
-    out = []
-    for i in range(b):
-        r = torch.rand(3, generator=generator)
-        mi = m[i:i + 1]
-        if r[0] < p_full:
-            out.append(torch.ones_like(mi))
-            continue
-        ke = erode_range[0] + 2 * int(r[1] * ((erode_range[1] - erode_range[0]) // 2 + 1))
-        kd = dilate_range[0] + 2 * int(r[2] * ((dilate_range[1] - dilate_range[0]) // 2 + 1))
-        ke, kd = _odd(min(ke, erode_range[1]) * scale), _odd(min(kd, dilate_range[1]) * scale)
-        region = torch.maximum(dilate(erode(mi, ke), kd), mi)
-        if torch.rand(1, generator=generator) < p_box / max(1e-8, 1.0 - p_full):
-            region = torch.maximum(mask_to_box(region, margin=0.0), mi)
-        out.append(region)
-    return torch.cat(out).to(garment_mask.dtype)
-
-
 def latent_hw(height: int, width: int, factor: int) -> tuple[int, int]:
     return math.ceil(height / factor), math.ceil(width / factor)
+
+
+# --------------------------------------------------------------------------------------------
+# the VAE's latent convention: z = (E(x) - shift) * scale (SD3's; SD1.x has shift 0)
+# --------------------------------------------------------------------------------------------
+def _latent_shift(shift_factor, z: torch.Tensor) -> torch.Tensor | float:
+    """``config.shift_factor`` as a number or a (1, C, 1, 1) tensor on ``z``'s device and dtype."""
+    if isinstance(shift_factor, (list, tuple)):
+        return torch.tensor(shift_factor, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+    return float(shift_factor)
+
+
+def vae_encode(vae, x: torch.Tensor, config, *, generator: torch.Generator | None = None, sample: bool = False,
+               chunk: int = 1) -> torch.Tensor:
+    """VAE-encode pixels in [-1, 1] (B, 3, H, W) to scaled latents (B, C, H/f, W/f), ``chunk`` images at a time.
+
+    ``sample`` draws from the posterior (training); otherwise the posterior mean is used (inference).
+    ``config`` gives ``scaling_factor`` and ``shift_factor``. The input goes to the VAE's device and dtype.
+    """
+    p = next(vae.parameters())
+    outs = []
+    for part in x.split(max(1, chunk)):
+        dist = vae.encode(part.to(device=p.device, dtype=p.dtype)).latent_dist
+        z = dist.sample(generator=generator) if sample else dist.mode()
+        outs.append((z - _latent_shift(config.shift_factor, z)) * config.scaling_factor)
+    return torch.cat(outs)
+
+
+def vae_decode(vae, z: torch.Tensor, config, *, chunk: int = 1) -> torch.Tensor:
+    """Scaled latents (B, C, h, w) -> pixels in [-1, 1] (B, 3, f*h, f*w), ``chunk`` at a time."""
+    p = next(vae.parameters())
+    outs = []
+    for part in z.split(max(1, chunk)):
+        part = part.to(device=p.device, dtype=p.dtype) / config.scaling_factor
+        outs.append(vae.decode(part + _latent_shift(config.shift_factor, part)).sample)
+    return torch.cat(outs)

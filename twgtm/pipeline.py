@@ -12,7 +12,6 @@ generator, so item i of a batch equals a single call with seed + i.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import numbers
@@ -21,60 +20,32 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from .config import canonical_category
+from .attention import model_output, precompute_srm_kv
+from .components import TWGTMComponents
+from .config import TWGTMConfig, canonical_category
 from .errors import ConfigError, InputError, NumericalError
 from .images import (Placement, as_image_batch, as_mask_batch, as_output_size, broadcast_batch, fit_to_canvas, resize,
                      restore_from_canvas)
 from .latents import (LatentCondition, build_condition, concat_halves, largest_component, mask_to_box,
-                      target_half, unconditional, unet_input, white_canvas)
-from .model import ReferenceFeatures, TWGTMModel
+                      target_half, unconditional, unet_input, vae_decode, vae_encode, white_canvas)
+from .reference import ReferenceEncoder, ReferenceFeatures
+from .sam import SAMOutput
+from .schedulers import DEFAULT_SCHEDULER, canonical_scheduler, make_scheduler
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = {
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "ddpm": DDPMScheduler,
-}
-
-TIMESTEP_SPACING = "trailing"  # the first timestep is always num_train_timesteps - 1 (docs/DESIGN.md)
 SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed accepts
 
 Callback = Callable[[int, int, torch.Tensor], None]
+Prepare = Callable[..., None]  # prepare(*component_names)
 
 
 @dataclass
 class TWGTMOutput:
     images: torch.Tensor                   # (B, 3, H, W) in [0, 1]
     garment_mask: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1], predicted flat-garment mask (try-off)
-
-
-def scheduler_key(name) -> str:
-    """The canonical name ("ddim", "dpm++", "euler", "ddpm") of a scheduler name or alias ("dpmpp", "dpm_solver++")."""
-    if not isinstance(name, str):
-        raise InputError(f"scheduler: expected one of {sorted(SCHEDULERS)} (a str), got {name!r}")
-    key = name.lower().replace("dpmpp", "dpm++").replace("dpm_solver++", "dpm++")
-    if key not in SCHEDULERS:
-        raise InputError(f"scheduler: expected one of {sorted(SCHEDULERS)}, got {name!r}")
-    return key
-
-
-def make_scheduler(name: str, config: dict):
-    """A fresh scheduler per call (no state shared between runs, so an interrupted run harms nothing).
-
-    Every scheduler is made here, with ``timestep_spacing="trailing"``: its first timestep is
-    ``num_train_timesteps - 1`` for any number of steps, so even one step starts from pure noise at t = T
-    (the default "leading" spacing of DDIM/DDPM starts 1 step at t = 1 and Euler's "linspace" at t = 0).
-    """
-    key = scheduler_key(name)
-    kwargs = dict(config, timestep_spacing=TIMESTEP_SPACING)
-    if key == "dpm++":
-        kwargs.update(algorithm_type="dpmsolver++", solver_order=2)
-    return SCHEDULERS[key].from_config(kwargs)
 
 
 def schedule_length(steps: int, strength: float) -> int:
@@ -168,37 +139,54 @@ class SamplingOptions:
 
 
 class TWGTMPipeline:
-    """Try-on, try-off and garment-mask prediction with one :class:`TWGTMModel`."""
+    """Try-on, try-off and garment-mask prediction with TWGTM's components, as a diffusers pipeline.
 
-    def __init__(self, model: TWGTMModel, *, encoder_offload_device: str | torch.device | None = None):
-        """Args:
-            model: the TWGTM model (its device and dtype are used as they are).
-            encoder_offload_device: when set (e.g. "cpu"), the reference encoders (CLIP image encoder,
-                Q-Former, SRM, Decoder) are moved to the model's device only while the reference features
-                are computed, then parked here: their ~0.9 GiB (bf16, full size) is free during the
-                denoising loop and the decode. Outputs are unchanged.
-        """
-        self.model = model
-        self.config = model.config
-        self.encoder_offload_device = encoder_offload_device
+    Args:
+        unet: the UNet with TWGTM's attention processors (:mod:`twgtm.components`).
+        vae: the VAE.
+        reference_encoder: SAM + SRM (+ Decoder), or ``None`` for the CatVTON-class baseline: try-on with a
+            zero cross-attention context and no Extended Attention work (try-off and the garment mask need
+            the reference encoder).
+        config: the model configuration (canvas, latents, schedule, inference defaults).
+        prepare: called as ``prepare("reference_encoder")`` before the reference features are computed and
+            ``prepare("unet", "vae")`` before the latents, so a memory manager can put exactly those
+            components on their device first (ComfyUI's ``load_models_gpu``, or
+            :class:`twgtm.offload.ModelOffload`). The pipeline itself never moves a component: it reads each
+            component's device and dtype when it uses it.
+    """
 
-    def _encoders_to(self, device) -> None:
-        m = self.model
-        for part in (m.sam.clip_vision, m.sam.qformer, m.srm, m.decoder):
-            if part is not None:
-                part.to(device)
+    def __init__(self, unet, vae, reference_encoder: ReferenceEncoder | None, config: TWGTMConfig, *,
+                 prepare: Prepare | None = None):
+        self.unet = unet
+        self.vae = vae
+        self.reference_encoder = reference_encoder
+        self.config = config
+        self.prepare = prepare
 
-    @contextlib.contextmanager
-    def _encoders_on_device(self):
-        """The reference encoders sit on the model's device only inside this block (when offloading)."""
-        if self.encoder_offload_device is None:
-            yield
-            return
-        self._encoders_to(self.model.device)
-        try:
-            yield
-        finally:
-            self._encoders_to(self.encoder_offload_device)
+    @classmethod
+    def from_components(cls, components: TWGTMComponents, *, prepare: Prepare | None = None) -> "TWGTMPipeline":
+        return cls(components.unet, components.vae, components.reference_encoder, components.config, prepare=prepare)
+
+    def enable_model_cpu_offload(self, device: str | torch.device, offload_device: str | torch.device = "cpu") -> None:
+        """Keep every component on ``offload_device`` except the ones a phase needs (moved to ``device``):
+        the reference encoders are off the GPU during the denoising loop. Outputs are unchanged."""
+        from .offload import ModelOffload
+
+        self.prepare = ModelOffload(self.components(), device, offload_device)
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        parts = {"unet": self.unet, "vae": self.vae, "reference_encoder": self.reference_encoder}
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def _prepare(self, *names: str) -> None:
+        if self.prepare is not None:
+            self.prepare(*[n for n in names if n in self.components()])
+
+    def _need_reference_encoder(self, what: str) -> ReferenceEncoder:
+        if self.reference_encoder is None:
+            raise ConfigError(f"{what}: expected a pipeline with a reference encoder (SAM + SRM), got the baseline "
+                              "(reference_encoder=None), which can only do try-on")
+        return self.reference_encoder
 
     # ------------------------------------------------------------------ helpers
     def _categories(self, category: str | Sequence[str], batch: int) -> torch.Tensor:
@@ -218,7 +206,7 @@ class TWGTMPipeline:
             idx = [self.config.categories.index(canonical_category(c)) for c in cats]
         except (ConfigError, ValueError) as exc:
             raise InputError(f"category: expected one of {self.config.categories} (or an alias), got {category!r}") from exc
-        return torch.tensor(idx, dtype=torch.long, device=self.model.device)
+        return torch.tensor(idx, dtype=torch.long)
 
     def _options(self, *, num_inference_steps, guidance_scale, eta, strength, scheduler, output_size, paste_back,
                  callback) -> SamplingOptions:
@@ -246,7 +234,7 @@ class TWGTMPipeline:
             raise InputError(f"strength: expected at least num_inference_steps / {max_steps} = {steps / max_steps:.4g} "
                              f"(the schedule has round(steps / strength) timesteps, at most {max_steps}), "
                              f"got {strength!r} with num_inference_steps={steps} ({total} timesteps)")
-        key = scheduler_key(scheduler)
+        key = canonical_scheduler(scheduler)
         size = as_output_size(output_size)
         _flag(paste_back, "paste_back")
         if callback is not None and not callable(callback):
@@ -263,45 +251,65 @@ class TWGTMPipeline:
     def _canvas(self, x: torch.Tensor, fill: float, mode: str = "bicubic") -> tuple[torch.Tensor, Placement]:
         return fit_to_canvas(x, (self.config.height, self.config.width), fill, mode=mode)
 
-    def _to_model(self, x01: torch.Tensor) -> torch.Tensor:
-        """[0, 1] -> [-1, 1] on the model's device and dtype."""
-        return (x01 * 2.0 - 1.0).to(self.model.device, self.model.dtype)
+    @staticmethod
+    def _to_pixels(x01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> [-1, 1] (float32, on the CPU: each component call moves it to that component's device)."""
+        return x01.float() * 2.0 - 1.0
+
+    def reference_features(self, reference: torch.Tensor, cat_idx: torch.Tensor, *,
+                           with_srm: bool | None = None) -> ReferenceFeatures:
+        """The reference encoder on model-size pixels in [-1, 1]; ``prepare("reference_encoder")`` first."""
+        ref = self._need_reference_encoder("reference features")
+        self._prepare("reference_encoder")
+        return ref(reference.to(ref.device, ref.dtype), cat_idx.to(ref.device), with_srm=with_srm)
+
+    def baseline_features(self, batch: int) -> ReferenceFeatures:
+        """The baseline's fixed cross-attention context: zeros of the F_SAM shape (B, 1 + N, D), no SRM."""
+        cfg = self.config
+        ctx = torch.zeros(batch, 1 + cfg.qformer.num_queries, cfg.cross_attention_dim)
+        return ReferenceFeatures(sam=SAMOutput(f_sam=ctx, f_qf=ctx[:, 1:], f_clip_g=ctx[:, :1]), srm=None, f_srm=None)
 
     # ------------------------------------------------------------------ the denoising loop
     @torch.no_grad()
     def _generate(self, target: torch.Tensor, reference: torch.Tensor, region: torch.Tensor, cat_idx: torch.Tensor, *,
                   opts: SamplingOptions, generators: list[torch.Generator], callback: Callback | None,
                   feats: ReferenceFeatures | None = None) -> torch.Tensor:
-        """Model-size target/reference/region in [-1, 1] -> generated target half in [-1, 1].
+        """Model-size target/reference/region in [-1, 1] -> generated target half in [-1, 1] (CPU, float32).
 
         ``generators``: one per batch item (:func:`item_generators`), for the starting noise and every step's
         noise. ``feats``: the reference features when the caller already computed them (try-off needs them for
-        its mask anyway); otherwise they are computed here. A decode that is not finite raises
+        its mask anyway); otherwise they are computed here (the baseline: a zero context). A decode that is not
+        finite raises
         :class:`NumericalError` (nothing non-finite is ever returned or pasted).
         """
         steps, guidance_scale, eta, strength = opts.steps, opts.guidance_scale, opts.eta, opts.strength
-        model, cfg = self.model, self.config
-        dev, dtype = model.device, model.dtype
+        cfg = self.config
         b = target.shape[0]
 
-        # 1. step-independent features: F_SAM, SRM, F_SRM, K'/V' (once per call, never per step)
+        # 1. step-independent features: F_SAM, SRM, F_SRM (once per call, never per step)
         if feats is None:
-            with self._encoders_on_device():
-                feats = model.encode_reference(reference, cat_idx, with_srm=model.stage == 2)
-        srm_kv = model.precompute_srm_kv(feats.f_srm) if feats.f_srm is not None else None  # UNet weights only
+            feats = self.baseline_features(b) if self.reference_encoder is None else \
+                self.reference_features(reference, cat_idx)
 
-        # 2. latent condition, encoding one image at a time
-        encode = lambda x: model.encode_images(x, chunk=1)  # noqa: E731
+        # 2. the UNet and VAE on their devices; K'/V' from F_SRM once per call (UNet weights only)
+        self._prepare("unet", "vae")
+        dev, dtype = self.unet.device, self.unet.dtype
+        srm_kv = precompute_srm_kv(self.unet, {k: v.to(dev) for k, v in feats.f_srm.items()}) \
+            if feats.f_srm is not None else None
+
+        # 3. latent condition, encoding one image at a time
+        encode = lambda x: vae_encode(self.vae, x, cfg, chunk=1).to(dev)  # noqa: E731
         e_ref = encode(reference)
-        cond = build_condition(target, reference, region, encode, concat_dim=cfg.concat_dim, encoded_reference=e_ref)
+        cond = build_condition(target.to(dev), reference.to(dev), region.to(dev), encode, concat_dim=cfg.concat_dim,
+                               encoded_reference=e_ref)
         lost = target_half(cond.mask, cfg.concat_dim).flatten(1).amax(1) == 0
         if bool(lost.any()):  # mask_to_latent keeps any non-empty region, so only an empty region gets here
             raise InputError(f"mask: expected a region that covers at least one latent cell, got none for batch "
                              f"index {torch.nonzero(lost).flatten().tolist()}")
 
-        # 3. CFG batch [uncond, cond]: reference half of E(h_f), F_SAM and the SRM gate are 0 in uncond
+        # 4. CFG batch [uncond, cond]: reference half of E(h_f), F_SAM and the SRM gate are 0 in uncond
         do_cfg = guidance_scale > 1.0
-        f_sam = feats.sam.f_sam
+        f_sam = feats.sam.f_sam.to(dev, dtype)
         srm_rows, srm_gate = None, (1.0 if srm_kv is not None else None)  # K'/V': conditional rows only
         if do_cfg:
             unc = unconditional(cond, cfg.concat_dim)
@@ -309,7 +317,7 @@ class TWGTMPipeline:
             f_sam = torch.cat([torch.zeros_like(f_sam), f_sam])
             srm_rows = slice(b, 2 * b)  # the unconditional half gets no Extended-Attention work (gate 0)
 
-        # 4. timesteps and starting latents (the reference half is generated too)
+        # 5. timesteps and starting latents (the reference half is generated too)
         sched = make_scheduler(opts.scheduler, cfg.scheduler)
         timesteps, from_input = denoise_timesteps(sched, steps, strength, device=dev)
         shape = e_ref.shape[:1] + e_ref.shape[1:2] + cond.mask.shape[2:]
@@ -326,23 +334,23 @@ class TWGTMPipeline:
         if "generator" in step_params:
             extra["generator"] = generators  # diffusers' randn_tensor: one generator per batch item
 
-        # 5. denoising loop
+        # 6. denoising loop
         total = len(timesteps)
         for i, t in enumerate(timesteps):
             z_in = sched.scale_model_input(latents, t)
             if do_cfg:
                 z_in = torch.cat([z_in, z_in])
             x_in = unet_input(z_in.to(dtype), cond)
-            eps = model.predict_noise(x_in, t, f_sam, srm_kv=srm_kv, srm_gate=srm_gate, srm_rows=srm_rows).float()
+            out = model_output(self.unet, x_in, t, f_sam, srm_kv=srm_kv, srm_gate=srm_gate, srm_rows=srm_rows).float()
             if do_cfg:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
-            latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
+                out_u, out_c = out.chunk(2)
+                out = out_u + guidance_scale * (out_c - out_u)
+            latents = sched.step(out, t, latents, **extra, return_dict=False)[0]
             if callback is not None:
                 callback(i + 1, total, latents)
 
-        # 6. decode the generated half only, one image at a time
-        out = model.decode_latents(target_half(latents, cfg.concat_dim), chunk=1).float()
+        # 7. decode the generated half only, one image at a time
+        out = vae_decode(self.vae, target_half(latents, cfg.concat_dim), cfg, chunk=1).float().cpu()
         _check_finite(out, "the decoded image")
         return out
 
@@ -350,7 +358,7 @@ class TWGTMPipeline:
     @torch.no_grad()
     def try_on(self, person: torch.Tensor, garment: torch.Tensor, mask: torch.Tensor, category: str | Sequence[str], *,
                num_inference_steps: int | None = None, guidance_scale: float | None = None, generator=None,
-               eta: float | None = None, scheduler: str = "ddim", output_size: tuple[int, int] | None = None,
+               eta: float | None = None, scheduler: str = DEFAULT_SCHEDULER, output_size: tuple[int, int] | None = None,
                paste_back: bool = True, strength: float = 1.0, callback: Callback | None = None) -> TWGTMOutput:
         """Dress ``person`` in ``garment`` inside ``mask`` (1 = region to dress).
 
@@ -391,7 +399,7 @@ class TWGTMPipeline:
             raise InputError(f"mask: expected a non-empty region to dress for every person, got an empty mask "
                              f"for batch index {torch.nonzero(empty).flatten().tolist()}")
         cat_idx = self._categories(category, b)
-        gens = item_generators(generator, b, self.model.device)
+        gens = item_generators(generator, b, self.unet.device)
 
         # 2. to the model canvas (aspect kept; the mask keeps at least one pixel)
         person_c, placement = self._canvas(person, 1.0)
@@ -399,9 +407,9 @@ class TWGTMPipeline:
         garment_c, _ = self._canvas(garment, 1.0)
 
         # 3. generate
-        out = self._generate(self._to_model(person_c), self._to_model(garment_c), mask_c.to(self.model.device),
-                             cat_idx, opts=opts, generators=gens, callback=callback)
-        out = ((out + 1.0) / 2.0).clamp(0, 1).cpu()
+        out = self._generate(self._to_pixels(person_c), self._to_pixels(garment_c), mask_c, cat_idx, opts=opts,
+                             generators=gens, callback=callback)
+        out = ((out + 1.0) / 2.0).clamp(0, 1)
 
         # 4. restore the input size and paste the unmasked pixels back (full-resolution mask)
         out = restore_from_canvas(out, placement).clamp(0, 1)
@@ -415,7 +423,7 @@ class TWGTMPipeline:
     def try_off(self, person: torch.Tensor, category: str | Sequence[str], mask: torch.Tensor | None = None, *,
                 predicted_box: bool = False, predicted_mask: bool = False, box_margin: float = 0.05,
                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                eta: float | None = None, generator=None, scheduler: str = "ddim",
+                eta: float | None = None, generator=None, scheduler: str = DEFAULT_SCHEDULER,
                 output_size: tuple[int, int] | None = None, strength: float = 1.0, paste_back: bool = True,
                 callback: Callback | None = None) -> TWGTMOutput:
         """Take the ``category`` garment off ``person`` and return it as a flat catalogue image.
@@ -434,6 +442,7 @@ class TWGTMPipeline:
         predicted flat-garment mask ``garment_mask`` (B, 1, H, W) at the same size.
         """
         # 1. check inputs (all of them before any model work)
+        self._need_reference_encoder("try_off")
         opts = self._options(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
                              strength=strength, scheduler=scheduler, output_size=output_size,
                              paste_back=paste_back, callback=callback)
@@ -452,13 +461,12 @@ class TWGTMPipeline:
         canvas = (self.config.height, self.config.width)
         region = as_mask_batch(mask, "mask", canvas, b) if mask is not None else None
         cat_idx = self._categories(category, b)
-        gens = item_generators(generator, b, self.model.device)
+        gens = item_generators(generator, b, self.unet.device)
         person_c, _ = self._canvas(person, 1.0)
-        reference = self._to_model(person_c)
+        reference = self._to_pixels(person_c)
 
         # 2. reference features, once: they also give the predicted flat-garment mask (TFQ_0)
-        with self._encoders_on_device():
-            feats = self.model.encode_reference(reference, cat_idx, with_srm=True)
+        feats = self.reference_features(reference, cat_idx, with_srm=True)
         probs = self._mask_probs(feats.srm.tfq0_logits[-1], canvas)  # (B, 1, H, W)
 
         # 3. the region to generate on the white canvas
@@ -478,9 +486,9 @@ class TWGTMPipeline:
         target = white_canvas(reference)
 
         # 4. generate
-        out = self._generate(target, reference, region.to(self.model.device), cat_idx, opts=opts, generators=gens,
-                             callback=callback, feats=feats)
-        out = ((out + 1.0) / 2.0).clamp(0, 1).cpu()
+        out = self._generate(target, reference, region, cat_idx, opts=opts, generators=gens, callback=callback,
+                             feats=feats)
+        out = ((out + 1.0) / 2.0).clamp(0, 1)
         if paste_back:  # exactly white outside the region
             out = out * region + (1.0 - region)
         if opts.output_size is not None:
@@ -496,12 +504,12 @@ class TWGTMPipeline:
         The mask is in the flat-garment (catalogue canvas) frame, (B, 1, H, W) at ``output_size``
         (default: the model canvas size). No diffusion steps are run.
         """
+        ref = self._need_reference_encoder("predict_garment_mask")
         size = as_output_size(output_size) or (self.config.height, self.config.width)
         person = as_image_batch(person, "person")
         b = person.shape[0]
         cat_idx = self._categories(category, b)
         person_c, _ = self._canvas(person, 1.0)
-        reference = self._to_model(person_c)
-        with self._encoders_on_device():
-            srm = self.model.srm(reference, self.model.sam(reference, cat_idx).f_qf)  # no Decoder needed
-        return self._mask_probs(srm.tfq0_logits[-1], size)
+        self._prepare("reference_encoder")
+        logits = ref.garment_mask_logits(self._to_pixels(person_c).to(ref.device, ref.dtype), cat_idx.to(ref.device))
+        return self._mask_probs(logits, size)

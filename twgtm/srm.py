@@ -217,6 +217,49 @@ class TaskFormer(nn.Module):
         self.units = nn.ModuleList(
             nn.ModuleList(TaskFormerBlock(d, tf.num_heads, tf.ffn_dim) for _ in range(3))
             for _ in range(tf.num_units))
+        self.threshold = tf.mask_threshold
+        self.gradient_checkpointing = False
+
+    def memories(self, f_qf: Tensor, p2: Tensor, p3: Tensor) -> list[tuple[Tensor, Tensor | None, tuple | None]]:
+        """(memory, key position embedding, spatial size) for S1 (F_QF tokens), S2 (1/8) and S3 (1/16)."""
+        lvl = self.level_embed.weight  # (3, d)
+        out = [(self.qf_proj(f_qf) + lvl[0], None, None)]  # S1 (B, N, d): no PE
+        for i, p in ((1, p2), (2, p3)):
+            size = tuple(p.shape[-2:])
+            pos = sine_position_embedding(*size, p.shape[1], device=p.device, dtype=p.dtype)[None]  # (1, T, d)
+            out.append((rearrange(p, "b c h w -> b (h w) c") + lvl[i], pos, size))  # (B, T, d)
+        return out
+
+    def _run_block(self, block: TaskFormerBlock, *args: Tensor | None) -> Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward(self, heads: "PredictionHeads", phi: Tensor, p2: Tensor, p3: Tensor, f_qf: Tensor
+                ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+        """The U-unit loop (eq. 5-11); the masks from unit i-1 are fixed for all three blocks of unit i.
+
+        ``heads`` are the prediction heads shared by every unit (a separate module, so their weights keep
+        their ``srm.heads.*`` names). Returns ``(LN_dec(F_U), M^1 per unit 0..U (probabilities),
+        M^2 logits per unit 0..U, TFQ_0 logits per unit 1..U)``.
+        """
+        batch = f_qf.shape[0]
+        memories = self.memories(f_qf, p2, p3)
+        output = self.query_feat.weight[None].expand(batch, -1, -1)  # (B, K, d)
+        query_pos = self.query_pos.weight[None].expand(batch, -1, -1)  # (B, K, d)
+        f, m1_logits, m2_logits = heads.masks(output, phi, f_qf)
+        m1, m2, tfq0 = [m1_logits.sigmoid()], [m2_logits], []
+        for unit in self.units:
+            masks = [attention_mask_from_logits(m1_logits, None, self.num_heads, self.threshold)]  # (B*h, K, N)
+            masks += [attention_mask_from_logits(m2_logits, size, self.num_heads, self.threshold)
+                      for _, _, size in memories[1:]]  # (B*h, K, T_l)
+            for block, (memory, pos, _), mask in zip(unit, memories, masks):
+                output = self._run_block(block, output, query_pos, memory, pos, mask)  # (B, K, d)
+            f, m1_logits, m2_logits = heads.masks(output, phi, f_qf)
+            m1.append(m1_logits.sigmoid())
+            m2.append(m2_logits)
+            tfq0.append(heads.tfq0_logits(f, phi))
+        return f, m1, m2, tfq0
 
 
 class PredictionHeads(nn.Module):
@@ -269,9 +312,7 @@ class SpatialRefinementModule(nn.Module):
         if tf.hidden_dim % 4:
             raise ConfigError(f"taskformer.hidden_dim: expected a multiple of 4 (sine PE), got {tf.hidden_dim}")
         self.height, self.width = cfg.height, cfg.width
-        self.hidden_dim, self.num_heads, self.threshold = tf.hidden_dim, tf.num_heads, tf.mask_threshold
         self.num_fqf_tokens, self.fqf_dim = cfg.qformer.num_queries, cfg.qformer.hidden_size
-        self.gradient_checkpointing = False
 
         self.swin = timm.create_model(cfg.swin.model_name, pretrained=False, features_only=True,
                                       out_indices=tuple(cfg.swin.out_indices), img_size=(cfg.height, cfg.width),
@@ -299,7 +340,7 @@ class SpatialRefinementModule(nn.Module):
             # the stages, not the FeatureListNet wrapper (it would skip the last, deepest stage)
             if module is not self.swin and hasattr(module, "grad_checkpointing"):
                 module.grad_checkpointing = enable
-        self.gradient_checkpointing = enable
+        self.taskformer.gradient_checkpointing = enable
 
     def init_non_persistent_buffers(self) -> None:
         """Recompute timm Swin's non-persistent buffers (relative position index, shift masks).
@@ -320,15 +361,9 @@ class SpatialRefinementModule(nn.Module):
         if tuple(f_qf.shape) != expected:
             raise InputError(f"f_qf: expected (B, N, D) = {expected}, got shape {tuple(f_qf.shape)}")
 
-    def _run_block(self, block: TaskFormerBlock, *args: Tensor | None) -> Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
     def forward(self, image: Tensor, f_qf: Tensor) -> SRMOutput:
         """image (B, 3, H, W) in [-1, 1]; f_qf (B, N, D) Q-Former output."""
         self._check_inputs(image, f_qf)
-        batch = image.shape[0]
 
         # 1. Swin features, NHWC -> NCHW
         feats = [rearrange(f, "b h w c -> b c h w") for f in self.swin(self.preprocess(image))]
@@ -341,33 +376,10 @@ class SpatialRefinementModule(nn.Module):
         # 2. pixel decoder -> mask features Phi and multi-scale memories
         phi, p2, p3 = self.pixel_decoder(h1, h2, h3)  # (B, d, H/4, W/4), (B, d, H/8, W/8), (B, d, H/16, W/16)
 
-        # 3. memories with level embeddings; sine PE for S2/S3 keys only
-        tfm = self.taskformer
-        lvl = tfm.level_embed.weight  # (3, d)
-        s1 = tfm.qf_proj(f_qf) + lvl[0]  # (B, N, d)
-        memories = [(s1, None, None)]
-        for i, p in ((1, p2), (2, p3)):
-            size = tuple(p.shape[-2:])
-            pos = sine_position_embedding(*size, self.hidden_dim, device=p.device, dtype=p.dtype)[None]  # (1, T, d)
-            memories.append((rearrange(p, "b c h w -> b (h w) c") + lvl[i], pos, size))  # (B, T, d)
+        # 3. TaskFormer: memories S1-S3, then the U-unit loop with the shared heads
+        f, m1, m2, tfq0 = self.taskformer(self.heads, phi, p2, p3, f_qf)
 
-        # 4. unit loop: masks from unit i-1 are fixed for all three blocks of unit i
-        output = tfm.query_feat.weight[None].expand(batch, -1, -1)  # (B, K, d)
-        query_pos = tfm.query_pos.weight[None].expand(batch, -1, -1)  # (B, K, d)
-        f, m1_logits, m2_logits = self.heads.masks(output, phi, f_qf)
-        m1, m2, tfq0 = [m1_logits.sigmoid()], [m2_logits], []
-        for unit in tfm.units:
-            masks = [attention_mask_from_logits(m1_logits, None, self.num_heads, self.threshold)]  # (B*h, K, N)
-            masks += [attention_mask_from_logits(m2_logits, size, self.num_heads, self.threshold)
-                      for _, _, size in memories[1:]]  # (B*h, K, T_l)
-            for block, (memory, pos, _), mask in zip(unit, memories, masks):
-                output = self._run_block(block, output, query_pos, memory, pos, mask)  # (B, K, d)
-            f, m1_logits, m2_logits = self.heads.masks(output, phi, f_qf)
-            m1.append(m1_logits.sigmoid())
-            m2.append(m2_logits)
-            tfq0.append(self.heads.tfq0_logits(f, phi))
-
-        # 5. final TFQ: sigmoid mask channel + unconstrained detail channels
+        # 4. final TFQ: sigmoid mask channel + unconstrained detail channels
         tfq = torch.cat([tfq0[-1].sigmoid(), self.heads.tfq_rest(f, phi)], dim=1)  # (B, K, H/4, W/4)
         return SRMOutput(tfq=tfq, tfq0_logits=tfq0, m1=m1, m2_logits=m2, features=(h1, h2, h3))
 

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import TWGTMConfig
 from .errors import ConfigError, MissingFileError, TWGTMError, WeightsError
-from .model import TWGTMModel
+from .components import TWGTMComponents
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +46,25 @@ _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 # ----------------------------------------------------------------------------- TWGTM files
-def save_twgtm(model: TWGTMModel, path: str | os.PathLike, *, include_base: bool = False,
+def save_twgtm(components: TWGTMComponents, path: str | os.PathLike, *, include_base: bool = False,
                extra_metadata: dict[str, str] | None = None) -> Path:
     """Write ``model`` to one ``.safetensors`` file with its config in the metadata."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"path: expected a file name ending in .safetensors, got {str(path)!r}")
-    if not model.sam.prompts.is_built:
+    ref = components.reference_encoder
+    if ref is None:
+        raise WeightsError("components: expected a TWGTM model with a reference encoder, got the baseline "
+                           "(reference_encoder=None)")
+    if not ref.sam.prompts.is_built:
         raise WeightsError("model: expected the category prompts to be built before saving "
-                           "(call model.sam.prompts.build(text_encoder, tokenizer)), got unbuilt prompts")
-    state = model.state_dict() if include_base else model.trained_state_dict()
+                           "(call reference_encoder.sam.prompts.build(text_encoder, tokenizer)), got unbuilt prompts")
+    state = components.state_dict(include_base=include_base)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json(),
-            "stage": str(model.stage), "includes_base": "1" if include_base else "0"}
+    # the stage is the config's (one source of truth); files of this format written before the components
+    # also carry a "stage" metadata entry, which load_twgtm checks against the config
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": components.config.to_json(),
+            "includes_base": "1" if include_base else "0"}
     meta.update(extra_metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -224,8 +230,8 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: 
     module.load_state_dict(state, strict=True)
 
 
-def _check_state(model: TWGTMModel, state: dict[str, torch.Tensor], expected: set[str], where: str) -> None:
-    problems = _fit(model.state_dict(), state, required=expected)
+def _check_state(components: TWGTMComponents, state: dict[str, torch.Tensor], expected: set[str], where: str) -> None:
+    problems = _fit(components.state_dict(), state, required=expected)
     if problems:
         raise WeightsError(f"{where}: does not match the model built from its config: {problems}")
 
@@ -237,24 +243,26 @@ def _is_derived(key: str) -> bool:
 
 # ----------------------------------------------------------------------------- TWGTM files
 def load_twgtm(path: str | os.PathLike, *, base: BaseSources | None = None, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> TWGTMModel:
-    """Load a TWGTM ``.safetensors`` file into a ready :class:`TWGTMModel` (eval mode).
+               dtype: torch.dtype = torch.float32) -> TWGTMComponents:
+    """Load a TWGTM ``.safetensors`` file into ready :class:`TWGTMComponents` (eval mode).
 
     A file saved with ``include_base=True`` needs no ``base``; otherwise ``base`` must name the UNet,
     VAE and CLIP image encoder sources (local paths, or ``hf://org/name`` hub ids: see :class:`BaseSources`).
-    Every problem with the file (metadata, config, tensors) is a WeightsError that names the file.
+    Every problem with the file (metadata, config, tensors) is a WeightsError that names the file. The stage
+    is the one in the file's config.
     """
     path = Path(path)
     meta = read_metadata(path)
     cfg = read_config(path)
-    if "stage" in meta:
-        cfg.stage = int(meta["stage"])  # read_metadata checked it is "1" or "2"
+    if "stage" in meta and meta["stage"] != str(cfg.stage):  # older files of format 1 also wrote it here
+        raise WeightsError(f"TWGTM weights {path.name!r}: metadata 'stage' says {meta['stage']!r}, its config "
+                           f"says {cfg.stage}")
     where = f"TWGTM weights {path.name!r}"
     state = _read_state_file(path, where)
     try:
         if meta.get("includes_base") == "1":
             with torch.device("meta"):
-                model = _build_model(lambda: TWGTMModel(cfg), where)
+                model = _build_model(lambda: TWGTMComponents.build(cfg), where)
             _check_state(model, state, set(model.state_dict()), where)
             # fresh (aligned) storage per tensor: views into the file buffer can change SIMD summation order
             model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
@@ -267,17 +275,17 @@ def load_twgtm(path: str | os.PathLike, *, base: BaseSources | None = None, devi
                                        f"sources for {absent} (SD1.5-inpainting UNet and VAE, CLIP ViT-L/14 image encoder)")
             parts = dict(unet=load_unet(base.unet, cfg), vae=load_vae(base.vae, cfg),
                          clip_vision=load_clip_vision(base.clip_vision, cfg))
-            model = _build_model(lambda: TWGTMModel(cfg, **parts), where)
+            model = _build_model(lambda: TWGTMComponents.build(cfg, **parts), where)
             _check_state(model, state, set(model.trained_state_dict()), where)
             model.load_state_dict(state, strict=False)  # the rest are the base components just loaded
     except ConfigError as exc:  # the file's config does not fit the base components or cannot be built
         raise WeightsError(f"{where}: its config does not build a model: {exc}") from exc
-    if not model.sam.prompts.is_built:
+    if not model.reference_encoder.sam.prompts.is_built:
         raise WeightsError(f"{where}: expected built category prompts, got none")
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _build_model(build: Callable[[], TWGTMModel], where: str) -> TWGTMModel:
+def _build_model(build: Callable[[], TWGTMComponents], where: str) -> TWGTMComponents:
     """Build the model a file's config describes; constructor errors (diffusers/transformers/timm get the
     config's kwargs) become a WeightsError naming the file."""
     try:
@@ -288,19 +296,22 @@ def _build_model(build: Callable[[], TWGTMModel], where: str) -> TWGTMModel:
         raise WeightsError(f"{where}: its config does not build a model ({type(exc).__name__}: {exc})") from exc
 
 
-def _materialize_non_persistent(model: TWGTMModel) -> None:
+def _materialize_non_persistent(components: TWGTMComponents) -> None:
     """Buffers that no state dict holds (CLIP position ids, Swin relative-position indices) are still on
     the meta device after ``load_state_dict(assign=True)``: recompute them on the CPU."""
-    for module in model.modules():
-        for name, buf in list(module._buffers.items()):
-            if buf is not None and buf.is_meta and name == "position_ids":
-                module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
-    for module in model.srm.swin.modules():
+    parts = list(components.modules().values())
+    srm = components.reference_encoder.srm
+    for part in parts:
+        for module in part.modules():
+            for name, buf in list(module._buffers.items()):
+                if buf is not None and buf.is_meta and name == "position_ids":
+                    module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
+    for module in srm.swin.modules():
         for name, buf in list(module._buffers.items()):
             if buf is not None and buf.is_meta:
                 module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype)
-    model.srm.init_non_persistent_buffers()
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    srm.init_non_persistent_buffers()
+    left = [n for part in parts for n, t in list(part.named_parameters()) + list(part.named_buffers()) if t.is_meta]
     if left:
         raise WeightsError(f"TWGTM weights: expected every tensor to be materialised, got meta tensors {left[:5]}")
 
@@ -599,7 +610,7 @@ def _tokenizer(cls: Any, where: _Hub | Path) -> Any:
                   f"{' (HF_HUB_OFFLINE is set: local cache only)' if hub and offline else ''} ({_reason(exc)})") from exc
 
 
-def load_swin_weights(model: TWGTMModel, source: str, *, arg: str = "swin") -> None:
+def load_swin_weights(components: TWGTMComponents, source: str, *, arg: str = "swin") -> None:
     """Initialise the SRM's Swin from a timm weight file of ``config.swin.model_name``, strictly.
 
     ``source``: a local .safetensors/.pth/.bin file (e.g. timm's swin_base_patch4_window12_384 weights, or the
@@ -612,14 +623,15 @@ def load_swin_weights(model: TWGTMModel, source: str, *, arg: str = "swin") -> N
     import timm
     from timm.models.swin_transformer import checkpoint_filter_fn
 
-    src = _source(source, arg, f"a timm .safetensors/.pth/.bin file of {model.config.swin.model_name}")
+    cfg = components.config
+    swin = components.reference_encoder.srm.swin
+    src = _source(source, arg, f"a timm .safetensors/.pth/.bin file of {cfg.swin.model_name}")
     path = _swin_file(src, arg)
     state = _read_state_file(path, arg)
-    cfg = model.config
     with torch.device("meta"):  # the full network: its key set and shapes, and what the filter needs
         full = _build_component(lambda: timm.create_model(cfg.swin.model_name, pretrained=False, num_classes=0,
                                                           img_size=(cfg.height, cfg.width), **cfg.swin.kwargs), "swin")
-    features = model.srm.swin.state_dict()
+    features = swin.state_dict()
     top = {name for name, _ in full.named_children()}
     to_full = {k: k if k.split(".")[0] in top else k.replace("_", ".", 1) for k in features}  # layers_0 -> layers.0
     full_own = full.state_dict()
@@ -641,7 +653,7 @@ def load_swin_weights(model: TWGTMModel, source: str, *, arg: str = "swin") -> N
     if problems:
         raise WeightsError(f"{arg}: {path.name!r} does not fit timm {cfg.swin.model_name} "
                            f"({cfg.swin.kwargs or 'default sizes'}): {problems}")
-    model.srm.swin.load_state_dict({k: state[to_full[k]] for k in features}, strict=True)
+    swin.load_state_dict({k: state[to_full[k]] for k in features}, strict=True)
 
 
 def _swin_file(src: _Hub | Path, arg: str) -> Path:
@@ -669,14 +681,15 @@ def _swin_file(src: _Hub | Path, arg: str) -> Path:
     return src
 
 
-def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMModel:
+def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMComponents:
     """A fresh (untrained TWGTM parts) model on pretrained base components: the paper recipe's start."""
     missing = [n for n in ("unet", "vae", "clip_vision", "text_encoder") if getattr(sources, n) is None]
     if missing:
         raise MissingFileError(f"base components: expected sources for {missing}")
     te, tok = load_text_encoder(sources.text_encoder, sources.tokenizer)
-    model = TWGTMModel(cfg, unet=load_unet(sources.unet, cfg), vae=load_vae(sources.vae, cfg),
-                       clip_vision=load_clip_vision(sources.clip_vision, cfg), text_encoder=te, tokenizer=tok)
+    model = TWGTMComponents.build(cfg, unet=load_unet(sources.unet, cfg), vae=load_vae(sources.vae, cfg),
+                                  clip_vision=load_clip_vision(sources.clip_vision, cfg), text_encoder=te,
+                                  tokenizer=tok)
     if sources.swin:
         load_swin_weights(model, sources.swin)
     return model
@@ -686,5 +699,5 @@ def describe(path: str | os.PathLike) -> dict:
     """Metadata summary of a TWGTM file, for the UI and logs."""
     meta = read_metadata(path)
     cfg = read_config(path)
-    return {"stage": meta.get("stage"), "includes_base": meta.get("includes_base") == "1",
+    return {"stage": cfg.stage, "includes_base": meta.get("includes_base") == "1",
             "height": cfg.height, "width": cfg.width}

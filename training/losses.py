@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .latents import target_half
+from twgtm.latents import target_half
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, *, region: str = "full", concat_dim: int = -1) -> torch.Tensor:
