@@ -91,6 +91,23 @@ def test_clip_vision_openai_layout_wrong_keys_are_weights_errors(cfg, tmp_path):
         load_clip_vision(str(missing), cfg)
 
 
+def test_folders_holding_only_the_fp16_variant_load_exactly(cfg, tmp_path):
+    """A hub download restricted to the fp16 files (diffusion_pytorch_model.fp16.safetensors, model.fp16.safetensors)
+    leaves folders from_pretrained reads only when told the variant: they load, with the fp16 values."""
+    from twgtm.weights import load_text_encoder, load_unet, load_vae
+
+    unet, vae, clip, text = wf.plain_unet(cfg), wf.plain_vae(cfg), wf.clip_vision(cfg), wf.clip_text(cfg)
+    for module, sub in ((unet, "unet"), (vae, "vae"), (text, "text_encoder"), (clip, "clip")):
+        module.save_pretrained(tmp_path / sub, variant="fp16")
+        assert not any(".fp16" not in f.name for f in (tmp_path / sub).glob("*.safetensors"))
+    wf.write_tokenizer(tmp_path / "tokenizer")
+    pairs = [(load_unet(str(tmp_path), cfg), unet), (load_vae(str(tmp_path), cfg), vae),
+             (load_clip_vision(str(tmp_path / "clip"), cfg), clip), (load_text_encoder(str(tmp_path))[0], text)]
+    for got, want in pairs:
+        _equal({k: v for k, v in got.state_dict().items() if not k.endswith("position_ids")},
+               {k: v for k, v in wf.state(want).items() if not k.endswith("position_ids")})
+
+
 # ----------------------------------------------------------------------------- full size (TWGTM_FULLSIZE=1)
 fullsize = pytest.mark.skipif(os.environ.get("TWGTM_FULLSIZE") != "1",
                               reason="full-size fixtures: set TWGTM_FULLSIZE=1 (minutes, ~10 GB RAM, ~9 GB disk)")

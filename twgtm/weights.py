@@ -401,6 +401,16 @@ def _component_dir(root: Path, sub: str, arg: str, what: str) -> Path:
     return d
 
 
+def _local_variant(folder: Path) -> str | None:
+    """"fp16" when a folder holds only the fp16 variant of its weights (``diffusion_pytorch_model.fp16.safetensors``,
+    ``model.fp16.safetensors``, sharded likewise), as a hub download restricted to the fp16 files leaves it;
+    ``from_pretrained`` finds those only when told the variant. None when plain weights are there."""
+    names = [f.name for f in folder.iterdir() if f.is_file() and f.name.endswith((".safetensors", ".bin"))]
+    if not names or any(".fp16" not in n for n in names):
+        return None
+    return "fp16"
+
+
 def _from_pretrained(cls: Any, where: _Hub | Path, arg: str, what: str, *, ignore: tuple[str, ...] = (),
                      **kwargs: Any) -> Any:
     """``cls.from_pretrained`` made strict: missing, unexpected or mis-shaped keys are a WeightsError.
@@ -418,6 +428,9 @@ def _from_pretrained(cls: Any, where: _Hub | Path, arg: str, what: str, *, ignor
         name, kwargs = where.repo, {**kwargs, **({"subfolder": where.subfolder} if where.subfolder else {})}
     else:
         shown, name = repr(str(where)), str(where)
+        variant = _local_variant(where)
+        if variant:
+            kwargs = {**kwargs, "variant": variant}
     try:
         with _no_hub_requests(offline):
             model, info = cls.from_pretrained(name, local_files_only=offline, output_loading_info=True, **kwargs)
