@@ -2,7 +2,7 @@
 
 * diffusers folders (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``) as ``save_pretrained`` writes them;
 * single-file SD1.x checkpoints in the original LDM layout (``model.diffusion_model.*``, ``first_stage_model.*``),
-  made by renaming diffusers keys the way diffusers' ``convert_diffusers_to_original_stable_diffusion.py`` does;
+  made by renaming diffusers keys with :mod:`twgtm.ldm_keys` (the reverse of diffusers' conversion);
 * transformers CLIP folders and single files; a timm Swin weight file.
 
 Nothing is downloaded; every tensor is seeded random.
@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
+from twgtm import ldm_keys
 from twgtm.config import TWGTMConfig
 from twgtm.sam import build_clip_text, build_clip_vision
 
@@ -58,91 +59,14 @@ def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- LDM (original SD) layout
-def _unet_prefix_map(layers_per_block: int, levels: int = 4) -> list[tuple[str, str]]:
-    """(diffusers prefix, LDM prefix) for the UNet blocks; resnet/attention internals are renamed separately."""
-    n = layers_per_block + 1  # LDM input/output blocks per level
-    out = [("mid_block.attentions.0.", "middle_block.1.")]
-    out += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
-    for i in range(levels):
-        for j in range(layers_per_block):
-            out.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{n * i + j + 1}.0."))
-            if i < levels - 1:
-                out.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{n * i + j + 1}.1."))
-        for j in range(n):
-            out.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{n * i + j}.0."))
-            if i > 0:
-                out.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{n * i + j}.1."))
-        if i < levels - 1:
-            out.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{n * (i + 1)}.0.op."))
-            out.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{n * i + n - 1}.{1 if i == 0 else 2}."))
-    return out
-
-
-_UNET_TOP = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
-_UNET_RESNET = {"norm1.": "in_layers.0.", "conv1.": "in_layers.2.", "norm2.": "out_layers.0.",
-                "conv2.": "out_layers.3.", "time_emb_proj.": "emb_layers.1.", "conv_shortcut.": "skip_connection."}
-
-
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """A diffusers SD1.x UNet's weights under their original names, prefixed ``model.diffusion_model.``."""
-    blocks = _unet_prefix_map(unet.config.layers_per_block)
-    out = {}
-    for key, value in state(unet).items():
-        new = key
-        for hf, sd in _UNET_TOP.items():
-            if key.startswith(hf):
-                new = sd + key[len(hf):]
-        for hf, sd in blocks:
-            if key.startswith(hf):
-                rest = key[len(hf):]
-                if ".resnets." in hf:
-                    for a, b in _UNET_RESNET.items():
-                        if rest.startswith(a):
-                            rest = b + rest[len(a):]
-                new = sd + rest
-        out["model.diffusion_model." + new] = value
-    return out
-
-
-def _vae_prefix_map(layers_per_block: int, levels: int = 4) -> list[tuple[str, str]]:
-    out = [("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."), ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1.")]
-    for part in ("encoder", "decoder"):
-        out += [(f"{part}.mid_block.resnets.{i}.", f"{part}.mid.block_{i + 1}.") for i in range(2)]
-        out += [(f"{part}.conv_norm_out.", f"{part}.norm_out.")]
-    for i in range(levels):
-        for j in range(layers_per_block):
-            out.append((f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}."))
-        for j in range(layers_per_block + 1):
-            out.append((f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{levels - 1 - i}.block.{j}."))
-        if i < levels - 1:
-            out.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
-            out.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample."))
-    return out
-
-
-_VAE_ATTN = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+    return ldm_keys.unet_to_ldm(state(unet), unet.config.layers_per_block, len(unet.config.block_out_channels))
 
 
 def vae_to_ldm(vae: AutoencoderKL, prefix: str = "first_stage_model.") -> dict[str, torch.Tensor]:
     """A diffusers SD VAE's weights under their original LDM names (attention as 1x1 convs)."""
-    blocks = _vae_prefix_map(vae.config.layers_per_block)
-    out = {}
-    for key, value in state(vae).items():
-        new = key
-        for hf, sd in blocks:
-            if key.startswith(hf):
-                rest = key[len(hf):]
-                if ".attentions." in hf:
-                    for a, b in _VAE_ATTN.items():
-                        if rest.startswith(a):
-                            rest = b + rest[len(a):]
-                    if rest.endswith(".weight") and value.ndim == 2:
-                        value = value[:, :, None, None].contiguous()
-                new = sd + rest
-        new = new.replace("conv_shortcut.", "nin_shortcut.")
-        out[prefix + new] = value
-    return out
+    return ldm_keys.vae_to_ldm(state(vae), vae.config.layers_per_block, len(vae.config.block_out_channels), prefix)
 
 
 def sd_checkpoint(cfg: TWGTMConfig, path: Path, *, unet=None, vae=None, **extra: torch.Tensor) -> Path:

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from .config import TWGTMConfig
 from .errors import ConfigError, MissingFileError, TWGTMError, WeightsError
 from .components import TWGTMComponents
+from . import ldm_keys
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class BaseSources:
     ``unet``/``vae`` accept a diffusers directory (the pipeline root or the component folder) or a
     single-file SD1.5-inpainting checkpoint; ``vae`` also a diffusers- or LDM-format VAE file;
     ``clip_vision`` a transformers directory (the image encoder or a full CLIP model) or a single
-    safetensors file; ``text_encoder``/``tokenizer`` are only needed to (re)build the cached prompts;
+    file in the transformers or the OpenAI/open_clip (``visual.*``) layout; ``text_encoder``/``tokenizer``
+    are only needed to (re)build the cached prompts;
     ``swin`` a timm weight file of ``config.swin.model_name``. Every component loads strictly: missing,
     unexpected, mis-shaped or non-float weights are a :class:`WeightsError` naming them.
     """
@@ -399,6 +401,16 @@ def _component_dir(root: Path, sub: str, arg: str, what: str) -> Path:
     return d
 
 
+def _local_variant(folder: Path) -> str | None:
+    """"fp16" when a folder holds only the fp16 variant of its weights (``diffusion_pytorch_model.fp16.safetensors``,
+    ``model.fp16.safetensors``, sharded likewise), as a hub download restricted to the fp16 files leaves it;
+    ``from_pretrained`` finds those only when told the variant. None when plain weights are there."""
+    names = [f.name for f in folder.iterdir() if f.is_file() and f.name.endswith((".safetensors", ".bin"))]
+    if not names or any(".fp16" not in n for n in names):
+        return None
+    return "fp16"
+
+
 def _from_pretrained(cls: Any, where: _Hub | Path, arg: str, what: str, *, ignore: tuple[str, ...] = (),
                      **kwargs: Any) -> Any:
     """``cls.from_pretrained`` made strict: missing, unexpected or mis-shaped keys are a WeightsError.
@@ -416,6 +428,9 @@ def _from_pretrained(cls: Any, where: _Hub | Path, arg: str, what: str, *, ignor
         name, kwargs = where.repo, {**kwargs, **({"subfolder": where.subfolder} if where.subfolder else {})}
     else:
         shown, name = repr(str(where)), str(where)
+        variant = _local_variant(where)
+        if variant:
+            kwargs = {**kwargs, "variant": variant}
     try:
         with _no_hub_requests(offline):
             model, info = cls.from_pretrained(name, local_files_only=offline, output_loading_info=True, **kwargs)
@@ -547,12 +562,14 @@ _CLIP_IMAGE_TOWER = ("vision_model.", "visual_projection.", "text_projection.", 
 def load_clip_vision(source: str, cfg: TWGTMConfig, *, arg: str = "clip_vision"):
     """CLIP ViT image encoder with projection, loaded strictly, from a local transformers folder (the image
     encoder, or a full CLIP model such as openai/clip-vit-large-patch14: its text tower is skipped), a local
-    single safetensors file (same two layouts), or ``"hf://org/name[/subfolder]"``."""
+    single file (.safetensors, or a pickle read with ``weights_only=True``) in those two layouts or in the
+    OpenAI / open_clip layout (``visual.*`` keys, with or without the text tower), as ComfyUI's
+    ``models/clip_vision/`` holds them, or ``"hf://org/name[/subfolder]"``."""
     from transformers import CLIPVisionModelWithProjection
 
     from .sam import build_clip_vision
 
-    src = _source(source, arg, "a transformers folder (config.json) or a .safetensors file")
+    src = _source(source, arg, "a transformers folder (config.json) or a .safetensors/.ckpt/.bin file")
     if isinstance(src, _Hub):
         return _from_pretrained(CLIPVisionModelWithProjection, src, arg, "CLIP image encoder",
                                 ignore=_CLIP_TEXT_TOWER, attn_implementation="sdpa")
@@ -561,10 +578,13 @@ def load_clip_vision(source: str, cfg: TWGTMConfig, *, arg: str = "clip_vision")
                                 arg, "CLIP image encoder", ignore=_CLIP_TEXT_TOWER, attn_implementation="sdpa")
     model = _build_component(lambda: build_clip_vision(cfg), "clip_vision")
     sd = _read_state_file(src, arg)
-    if any(k.startswith("text_model.") for k in sd):  # a full CLIP file: keep the image tower
+    unused: list[str] = []
+    if ldm_keys.is_openai_clip_vision(sd):  # OpenAI / open_clip layout (visual.*), alone or with its text tower
+        sd, unused = ldm_keys.clip_vision_from_openai(sd)
+    elif any(k.startswith("text_model.") for k in sd):  # a full transformers CLIP file: keep the image tower
         sd = {k: v for k, v in sd.items() if not k.startswith(_CLIP_TEXT_TOWER)}
     sd = {k: v for k, v in sd.items() if not _is_derived(k)}
-    _load_strict(model, sd, arg, src.name)
+    _load_strict(model, sd, arg, src.name, unused=unused)
     return model
 
 
