@@ -26,13 +26,13 @@ import torch
 import torch.nn as nn
 from diffusers.utils.torch_utils import randn_tensor
 
-from twgtm.attention import ATTN1_SUFFIX, model_output, precompute_srm_kv
+from twgtm.attention import ATTN1_SUFFIX, SpatialGate, model_output, precompute_srm_kv
 from twgtm.components import TWGTMComponents
 from twgtm.config import TWGTMConfig, canonical_category
 from twgtm.errors import ConfigError, InputError
 from twgtm.images import as_image_batch, as_mask_batch
-from twgtm.latents import (LatentCondition, build_condition, target_half, unconditional, unet_input, vae_decode,
-                           vae_encode)
+from twgtm.latents import (LatentCondition, build_condition, target_half, task_gate, unconditional, unet_input,
+                           vae_decode, vae_encode)
 from twgtm.pipeline import TWGTMPipeline, denoise_timesteps, item_generators
 from twgtm.schedulers import make_scheduler
 
@@ -192,10 +192,14 @@ def try_on_loop(components: TWGTMComponents, person: torch.Tensor, garment: torc
         cond = LatentCondition(guidance=torch.cat([unc.guidance, cond.guidance]), mask=torch.cat([cond.mask, cond.mask]))
         f_sam = torch.cat([torch.zeros_like(f_sam), f_sam])
         rows = slice(b, 2 * b)
-    if naive:
+    gate = task_gate((mask > 0.5).float().to(dev), e_ref.shape[-2:], cfg.concat_dim).to(dtype)  # given mask
+    if naive:  # the task gate on every row too (zeros in the unconditional ones)
         srm = dict(zip(("f_srm", "srm_gate"), naive_srm_inputs(f_srm, rows, f_sam.shape[0])))
+        full = gate.new_zeros((f_sam.shape[0],) + tuple(gate.shape[1:]))
+        full[rows] = gate
+        srm["srm_mask"] = SpatialGate(full)
     else:
-        srm = {"srm_kv": srm_kv, "srm_gate": 1.0, "srm_rows": rows if do_cfg else None}
+        srm = {"srm_kv": srm_kv, "srm_gate": 1.0, "srm_rows": rows if do_cfg else None, "srm_mask": SpatialGate(gate)}
 
     # 5. timesteps and starting latents
     sched = make_scheduler(scheduler, cfg.scheduler)

@@ -1,5 +1,6 @@
 """Components: Extended Attention, stages, trainable sets and the training objective (ARCHITECTURE.md section 4: 5, 10, 11)."""
 import copy
+import re
 
 import pytest
 import torch
@@ -9,8 +10,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from conftest import make_tiny_model
 from training.losses import dice_loss, mask_loss
 from training.objective import TrainingObjective, spec_parameter_groups
-from twgtm.attention import attn1_names, level_from_name, model_output, precompute_srm_kv
+from twgtm.attention import SpatialGate, attn1_names, level_from_name, model_output, precompute_srm_kv
 from twgtm.config import TWGTMConfig
+from twgtm.latents import task_gate
 
 
 def batch(b=4, seed=0):
@@ -216,3 +218,118 @@ def test_model_runs_in_bf16():
         out = model_output(m.unet, x.bfloat16(), t, f_sam.bfloat16(),
                            f_srm={k: v.bfloat16() for k, v in f_srm.items()}, srm_gate=1.0)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+# --- the task gate of Extended Attention (issue: the model learns what the paper says, item 2) ---------------
+
+def _gate(b, value=0.0, h=8, w=6):
+    """A task gate over the joined (h, 2w) latent of the tiny model: ``value`` on the generated half."""
+    return SpatialGate(task_gate(torch.full((b, 1, h, w), float(value)), (h, w), -1))
+
+
+def test_zero_task_gate_gives_exactly_the_stage1_output():
+    m = make_tiny_model(0)  # ZLL randomised: the branch would change the output
+    x, t, f_sam, f_srm = unet_args(m)
+    with torch.no_grad():
+        plain = model_output(m.unet, x, t, f_sam)  # no SRM kwargs: the plain (stage-1) path
+        zero = model_output(m.unet, x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2), srm_mask=_gate(2, 0.0))
+        one = model_output(m.unet, x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2), srm_mask=_gate(2, 1.0))
+        ungated = model_output(m.unet, x, t, f_sam, f_srm=f_srm, srm_gate=torch.ones(2))
+    assert torch.equal(zero, plain)
+    assert (one - plain).abs().max() > 1e-4
+    # a gate of ones on the generated half is not "no gate": the reference half gets no SRM term
+    assert not torch.equal(one, ungated)
+
+
+def test_task_gate_follows_its_mask_token_by_token():
+    m = make_tiny_model(0)
+    name = attn1_names(m.unet)[0]  # down_blocks.0: level 0, tokens on the full (8, 12) latent grid
+    attn = dict(m.unet.named_modules())[name[: -len(".processor")]]
+    proc = m.unet.attn_processors[name]
+    g = torch.Generator().manual_seed(0)
+    c = attn.to_q.in_features
+    hidden = torch.randn(2, 8 * 12, c, generator=g)
+    srm = {0: torch.randn(2, 8 * 6, c, generator=g)}
+    region = torch.zeros(2, 1, 8, 6)
+    region[0, :, 2:5, 1:4] = 1.0
+    region[1, :, 5:8, 0:2] = 1.0
+    with torch.no_grad():
+        off = proc(attn, hidden, srm=None)
+        gated = proc(attn, hidden, srm=srm, srm_gate=1.0, srm_mask=SpatialGate(task_gate(region, (8, 6), -1)))
+    changed = (gated - off).abs().amax(-1) > 0  # (2, 96) tokens the SRM term reached
+    expected = torch.cat([region, torch.zeros_like(region)], dim=-1).flatten(1) > 0
+    assert torch.equal(changed, expected)
+
+
+def test_spatial_gate_resizes_to_every_level_and_refuses_unknown_grids():
+    gate = SpatialGate(task_gate(torch.ones(1, 1, 8, 6), (8, 6), -1))
+    assert gate.grid(96) == (8, 12) and gate.grid(24) == (4, 6) and gate.grid(6) == (2, 3) and gate.grid(2) == (1, 2)
+    tok = gate.tokens(24, torch.float32)
+    assert tok.shape == (1, 24, 1) and torch.equal(tok.view(4, 6)[:, :3], torch.ones(4, 3))
+    assert torch.equal(tok.view(4, 6)[:, 3:], torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="no token grid of 7 tokens"):
+        gate.tokens(7, torch.float32)
+
+
+def _named_trainable(m):
+    for name, module in m.modules().items():
+        prefix = "" if name == "reference_encoder" else name + "."
+        for n, p in module.named_parameters():
+            if p.requires_grad:
+                yield prefix + n, p
+
+
+#: trainable parameters (name regexes) that get no gradient from a batch, and why (everything else must get one)
+_LAST_TEXT_FFN = r"^sam\.qformer\.layers\.1\.ffn_text\."  # the tiny Q-Former has 2 layers
+_WHY_TEXT_FFN = ("the last Q-Former layer's text FFN: its output is discarded (F_QF is the query tokens), "
+                 "as in InstructBLIP; kept so the layers stay alike")
+NO_GRADIENT = {
+    1: {r"^srm\.heads\.task_embed\.": "TFQ_j (j >= 1) only feeds the Decoder, which exists from stage 2 on",
+        _LAST_TEXT_FFN: _WHY_TEXT_FFN},
+    "2_start": {r"^decoder\.": "ZLL = 0 at the start of stage 2: nothing passes to the Decoder until ZLL moves",
+                r"\.to_k_srm\.": "ZLL = 0 at the start of stage 2 (K' receives gradient once ZLL is non-zero)",
+                r"\.to_v_srm\.": "ZLL = 0 at the start of stage 2 (V' receives gradient once ZLL is non-zero)",
+                r"^srm\.heads\.task_embed\.": "TFQ_j (j >= 1) feeds only the Decoder, behind ZLL = 0 at the start",
+                _LAST_TEXT_FFN: _WHY_TEXT_FFN},
+    2: {_LAST_TEXT_FFN: _WHY_TEXT_FFN},
+}
+
+
+@pytest.mark.parametrize("stage", [1, "2_start", 2])
+def test_every_trainable_parameter_learns_on_a_batch_of_both_tasks(stage):
+    if stage == 1:
+        m = make_tiny_model(0, stage=1)
+    elif stage == "2_start":
+        m = make_tiny_model(0, stage=1)
+        m.enable_stage2()
+    else:
+        m = make_tiny_model(0, stage=2)  # ZLL away from 0, as after some stage-2 steps
+    cfg = copy.deepcopy(m.config)
+    m.config.loss.stage2_mask_weight = 1.0
+    objective = TrainingObjective(m, DDPMScheduler.from_config(cfg.scheduler), vtoff_prob=0.5).train()
+    spec_parameter_groups(m)
+    seen = {}
+    for gen_seed in range(20):  # a seed whose batch holds both tasks and no CFG drop
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(gen_seed)
+        vt = torch.rand(6, generator=g) < 0.5
+        drop = torch.rand(6, generator=g) < m.config.cfg_dropout
+        if vt.any() and (~vt).any() and not drop.any():
+            break
+    out = objective.compute_loss(batch(6), generator=torch.Generator().manual_seed(gen_seed))
+    assert 0 < float(out["vtoff_fraction"]) < 1
+    out["loss"].backward()
+    allowed = NO_GRADIENT[stage]
+    missing = []
+    for name, p in _named_trainable(m):
+        ok = p.grad is not None and bool(torch.isfinite(p.grad).all()) and bool(p.grad.abs().sum() > 0)
+        excused = any(re.search(key, name) for key in allowed)
+        seen[name] = ok
+        if not ok and not excused:
+            missing.append(name)
+    assert not missing, f"no finite non-zero gradient: {missing[:10]} ({len(missing)})"
+    # the excused ones really get none (else the list would be stale)
+    for key in allowed:
+        assert any(re.search(key, n) for n in seen) and not any(ok for n, ok in seen.items() if re.search(key, n)), key
+    # the TaskFormer's mask heads (M^1, M^2) learn in every stage
+    assert seen["srm.heads.m1_proj.weight"] and seen["srm.heads.mask_embed.layers.0.weight"]

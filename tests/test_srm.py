@@ -90,7 +90,7 @@ def test_attention_mask_from_logits_properties():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(B, 3, 8, 6, generator=g, requires_grad=True)
     heads = 4
-    mask = attention_mask_from_logits(logits, (4, 3), heads, 0.5)
+    mask = attention_mask_from_logits(logits, (4, 3), heads, 0.5, mode="hard")
     assert mask.dtype == torch.bool and not mask.requires_grad
     assert mask.shape == (B * heads, 3, 12)
     assert not mask.all(dim=-1).any()  # no fully-masked row
@@ -101,18 +101,42 @@ def test_attention_mask_from_logits_properties():
     expected = expected & ~expected.all(-1, keepdim=True)
     assert torch.equal(per_head[:, 0], expected)
     # everything below threshold -> every row fully masked -> reset to all False
-    forced = attention_mask_from_logits(torch.full((B, 3, 8, 6), -10.0), (4, 3), heads, 0.5)
+    forced = attention_mask_from_logits(torch.full((B, 3, 8, 6), -10.0), (4, 3), heads, 0.5, mode="hard")
     assert forced.shape == (B * heads, 3, 12) and not forced.any()
+
+
+def test_soft_attention_mask_is_log_probability_and_differentiable():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(B, 3, 8, 6, generator=g, requires_grad=True)
+    bias = attention_mask_from_logits(logits, (4, 3), 2, mode="soft")
+    assert bias.dtype == torch.float32 and bias.shape == (B * 2, 3, 12) and bool((bias <= 0).all())
+    resized = F.interpolate(logits, size=(4, 3), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(bias.view(B, 2, 3, 12)[:, 1], resized.flatten(2).sigmoid().log())
+    bias.sum().backward()  # the masks learn: gradient reaches the logits
+    assert logits.grad is not None and bool(logits.grad.abs().gt(0).all())
+    with pytest.raises(ConfigError, match="mask_mode"):
+        attention_mask_from_logits(logits, None, 2, mode="fuzzy")
+
+
+def test_soft_bias_weights_attention_by_mask_probability():
+    """softmax(q.k + log M) == M * exp(q.k) / sum: a key with M -> 0 gets no weight, M = 1 keys keep theirs."""
+    torch.manual_seed(0)
+    attn = MaskedAttention(8, 1).eval()
+    q, kv = torch.randn(1, 2, 8), torch.randn(1, 3, 8)
+    logits = torch.tensor([[[30.0, 30.0, -30.0], [30.0, -30.0, 30.0]]])  # (B=1, K=2, T=3)
+    soft = attn(q, kv, kv, attention_mask_from_logits(logits, None, 1, mode="soft"))
+    hard = attn(q, kv, kv, attention_mask_from_logits(logits, None, 1, mode="hard"))
+    torch.testing.assert_close(soft, hard, atol=1e-5, rtol=0)
 
 
 def test_attention_mask_threshold_and_token_logits():
     # (B=1, K=2, T=3) token logits, no resize (M^1 path)
     logits = torch.tensor([[[2.0, -2.0, 0.1], [-3.0, -3.0, -3.0]]])
-    mask = attention_mask_from_logits(logits, None, 2, 0.5)
+    mask = attention_mask_from_logits(logits, None, 2, 0.5, mode="hard")
     row0 = torch.tensor([False, True, False])
     expected = torch.stack([row0, torch.zeros(3, dtype=torch.bool)])  # row 1 fully masked -> reset
     assert torch.equal(mask, expected[None].expand(2, 2, 3))
-    strict = attention_mask_from_logits(logits, None, 1, 0.6)  # sigmoid(0.1) = 0.525 < 0.6 -> masked
+    strict = attention_mask_from_logits(logits, None, 1, 0.6, mode="hard")  # sigmoid(0.1) = 0.525 < 0.6 -> masked
     assert torch.equal(strict[0, 0], torch.tensor([False, True, True]))
 
 
@@ -163,15 +187,15 @@ def test_masks_change_only_between_units():
     with torch.no_grad():
         out = srm(*_inputs(cfg))
     heads, thr = cfg.taskformer.num_heads, cfg.taskformer.mask_threshold
+    assert cfg.taskformer.mask_mode == "soft"  # the default: log M as an additive bias
     assert [(u, b) for u, b, _ in seen] == [(u, b) for u in range(cfg.taskformer.num_units) for b in range(3)]
     for u, b, mask in seen:
-        if b == 0:  # A^1 from M^1 of the previous unit
-            expected = out.m1[u] < thr
-            expected = (expected & ~expected.all(-1, keepdim=True)).repeat_interleave(heads, 0)
-        else:  # A^2 from M^2 of the previous unit, at the size of S2 (1/8) or S3 (1/16)
+        if b == 0:  # from M^1 of the previous unit
+            expected = out.m1[u].log().repeat_interleave(heads, 0)
+        else:  # from M^2 of the previous unit, at the size of S2 (1/8) or S3 (1/16)
             size = out.features[b].shape[-2:]
-            expected = attention_mask_from_logits(out.m2_logits[u], size, heads, thr)
-        assert torch.equal(mask, expected), (u, b)
+            expected = attention_mask_from_logits(out.m2_logits[u], size, heads, thr, mode="soft")
+        torch.testing.assert_close(mask, expected, atol=1e-5, rtol=1e-5, msg=str((u, b)))
     # the mask really changes between units (the logits do)
     assert not torch.equal(out.m2_logits[0], out.m2_logits[1])
 
@@ -193,8 +217,18 @@ def test_gradients_flow_from_tfq0_logits():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     for part in (srm.swin, srm.pixel_decoder, srm.heads.task0_embed, srm.heads.decoder_norm):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
-    # the M^1 / M^2 heads only feed the (detached) attention masks; TFQ_j is not in this loss
-    for part in (srm.heads.mask_embed, srm.heads.m1_proj, srm.heads.task_embed):
+    # soft masks: the M^1 / M^2 heads learn from TFQ_0's loss (through the next unit's attention)
+    for part in (srm.heads.mask_embed, srm.heads.m1_proj):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert all(p.grad is None for p in srm.heads.task_embed.parameters())  # TFQ_j is not in this loss
+
+
+def test_hard_masks_give_the_mask_heads_no_gradient():
+    """Why the default is soft: with Mask2Former's detached masks and no loss on M^1/M^2, they never learn."""
+    cfg, srm, _ = _build(_tiny(mask_mode="hard"))
+    out = srm(*_inputs(cfg))
+    out.tfq0_logits[-1].sum().backward()
+    for part in (srm.heads.mask_embed, srm.heads.m1_proj):
         assert all(p.grad is None for p in part.parameters())
 
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from twgtm.attention import model_output
+from twgtm.attention import SpatialGate, model_output
 from twgtm.components import TWGTMComponents, is_unet_transformer
 from twgtm.config import PREDICTION_TYPES
 from twgtm.errors import ConfigError
 from twgtm.latents import (LatentCondition, build_condition, concat_halves, dilate, erode, mask_to_box, split_halves,
-                           unet_input, vae_encode)
+                           task_gate, unet_input, vae_encode)
 
 from .losses import diffusion_loss, mask_loss
 
@@ -148,8 +149,15 @@ class TrainingObjective(nn.Module):
         need_srm = stage == 2 or (mask_w > 0 and bool(vtoff.any()))
         feats = self.reference_encoder(reference.to(dtype), cat_idx, with_srm=need_srm)
         f_sam = feats.sam.f_sam * keep.view(-1, 1, 1).to(dtype)
+        srm_mask = None
+        if feats.f_srm is not None:  # stage 2: the task gate, the given try-on mask or the predicted TFQ_0
+            predicted = feats.srm.tfq[:, :1].detach().float()  # (B, 1, H/4, W/4), sigmoid(TFQ_0 logits)
+            predicted = F.interpolate(predicted, size=person_mask.shape[-2:], mode="bilinear", align_corners=False)
+            gate = torch.where(sel, predicted, person_mask)
+            half = split_halves(cond.mask, cfg.concat_dim)[0].shape[-2:]  # (h, w) of one latent half
+            srm_mask = SpatialGate(task_gate(gate, half, cfg.concat_dim).to(dtype))
         pred = model_output(self.unet, unet_input(z_t.to(dtype), cond), t, f_sam,
-                            f_srm=feats.f_srm, srm_gate=(~drop).to(dtype))
+                            f_srm=feats.f_srm, srm_gate=(~drop).to(dtype), srm_mask=srm_mask)
         kind = self.noise_scheduler.config.prediction_type  # SD1.5: epsilon; the synthetic toy: sample (x0)
         if kind == "epsilon":
             loss_target = noise

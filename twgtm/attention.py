@@ -13,10 +13,16 @@ forwards those kwargs to every ``attn1`` and ``attn2`` and silently drops names 
   With batched CFG ``[uncond, cond]`` the pipeline passes the conditional rows only, so the
   unconditional half (gate 0) costs no Extended-Attention work;
 * ``srm_kv``: ``{processor_name: (K', V')}`` projections computed once per call (they do not depend
-  on the timestep); when absent the processor projects ``srm[level]`` itself.
+  on the timestep); when absent the processor projects ``srm[level]`` itself;
+* ``srm_mask``: a :class:`SpatialGate`, the task gate of the paper's stage 2 ("mask conditioning is
+  either provided (VTON) or predicted (VTOFF) in the Extended Attention Module"): the SRM term of
+  each of the ``Bs`` rows is multiplied, token by token, by that map at the processor's resolution,
+  so it acts only where the try-on mask (given) or the flat-garment mask TFQ_0 (predicted) says, on
+  the generated half; the reference half gets 0.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -38,6 +44,40 @@ def level_from_name(name: str) -> int:
     if name.startswith("mid_block."):
         return 2
     raise ValueError(f"processor name: expected down_blocks.i / up_blocks.j / mid_block, got {name!r}")
+
+
+class SpatialGate:
+    """The task gate of Extended Attention: a map (Bs, 1, h, 2w) over the joined latent, in [0, 1].
+
+    Built by :func:`twgtm.latents.task_gate` (the generated half holds the task's mask, the reference
+    half 0). :meth:`tokens` gives it at the token grid of any UNet attention level, found from the token
+    count (each SD downsampler halves a side rounding up, so the grid is the latent size divided by
+    2^k, rounded up), area-resized and cached, so every processor of a level shares one resize per call.
+    """
+
+    def __init__(self, latent_map: torch.Tensor):
+        if latent_map.ndim != 4 or latent_map.shape[1] != 1:
+            raise ValueError(f"srm_mask: expected a (Bs, 1, h, 2w) map, got shape {tuple(latent_map.shape)}")
+        self.map = latent_map
+        self._cache: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def grid(self, count: int) -> tuple[int, int]:
+        h, w = self.map.shape[-2:]
+        for _ in range(16):
+            if h * w == count:
+                return h, w
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        raise ValueError(f"srm_mask: no token grid of {count} tokens below the latent size "
+                         f"{tuple(self.map.shape[-2:])}")
+
+    def tokens(self, count: int, dtype: torch.dtype) -> torch.Tensor:
+        """(Bs, count, 1): the gate per query token of a level with ``count`` tokens."""
+        key = (count, dtype)
+        if key not in self._cache:
+            size = self.grid(count)
+            m = self.map if tuple(self.map.shape[-2:]) == size else F.interpolate(self.map.float(), size=size, mode="area")
+            self._cache[key] = m.flatten(2).transpose(1, 2).to(dtype)  # (Bs, T, 1)
+        return self._cache[key]
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -103,7 +143,7 @@ class TWGTMAttnProcessor:
     """
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 srm=None, srm_gate=None, srm_rows=None, srm_kv=None):
+                 srm=None, srm_gate=None, srm_rows=None, srm_kv=None, srm_mask=None):
         out, _, finish = _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         return finish(out)
 
@@ -136,12 +176,12 @@ class ExtendedAttnProcessor(nn.Module):
         return _heads(self.to_k_srm(srm_feature), heads), _heads(self.to_v_srm(srm_feature), heads)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 srm=None, srm_gate=None, srm_rows=None, srm_kv=None):
+                 srm=None, srm_gate=None, srm_rows=None, srm_kv=None, srm_mask=None):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-                                srm, srm_gate, srm_rows, srm_kv)
+                                srm, srm_gate, srm_rows, srm_kv, srm_mask)
 
     def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                srm=None, srm_gate=None, srm_rows=None, srm_kv=None):
+                srm=None, srm_gate=None, srm_rows=None, srm_kv=None, srm_mask=None):
         out, q, finish = _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         kv = srm_kv.get(self.name) if srm_kv else None
         if kv is None and srm is None:
@@ -160,6 +200,11 @@ class ExtendedAttnProcessor(nn.Module):
             cross = cross * srm_gate.to(cross.dtype).view(-1, 1, 1)
         elif srm_gate is not None:
             cross = cross * srm_gate
+        if srm_mask is not None:  # the task gate: only where the task's mask is, on the generated half
+            gate = srm_mask.tokens(cross.shape[1], cross.dtype)  # (Bs, T, 1)
+            if gate.shape[0] != cross.shape[0]:
+                raise ValueError(f"srm_mask: expected batch {cross.shape[0]} (rows {rows}), got {gate.shape[0]}")
+            cross = cross * gate
         if srm_rows is None:
             out = out + cross
         else:
@@ -212,7 +257,7 @@ def precompute_srm_kv(unet, srm: dict[int, torch.Tensor]) -> dict[str, tuple[tor
 
 def model_output(unet, latent_input: torch.Tensor, timestep: torch.Tensor, f_sam: torch.Tensor, *,
                  f_srm: dict[int, torch.Tensor] | None = None, srm_gate=None, srm_rows: slice | None = None,
-                 srm_kv: dict | None = None) -> torch.Tensor:
+                 srm_kv: dict | None = None, srm_mask: SpatialGate | None = None) -> torch.Tensor:
     """One UNet call on the 9-channel input (B, 9, h, 2w) -> (B, 4, h, 2w).
 
     The output is in the scheduler's prediction type (``config.scheduler["prediction_type"]``): the noise
@@ -222,6 +267,6 @@ def model_output(unet, latent_input: torch.Tensor, timestep: torch.Tensor, f_sam
     """
     kwargs = None
     if f_srm is not None or srm_kv is not None:
-        kwargs = {"srm": f_srm, "srm_gate": srm_gate, "srm_rows": srm_rows, "srm_kv": srm_kv}
+        kwargs = {"srm": f_srm, "srm_gate": srm_gate, "srm_rows": srm_rows, "srm_kv": srm_kv, "srm_mask": srm_mask}
     return unet(latent_input, timestep, encoder_hidden_states=f_sam, cross_attention_kwargs=kwargs,
                 return_dict=False)[0]

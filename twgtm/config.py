@@ -138,7 +138,8 @@ class TaskFormerConfig:
     num_queries: int = 32         # K: number of TFQ channels handed to the Decoder
     num_units: int = 3            # U: 3 units x 3 blocks = Mask2Former's 9 layers over 3 levels
     pixel_decoder: str = "fpn"    # "fpn" (Mask2Former-like fused 1/4 features) or "linear" (paper-literal 1x1 on H1)
-    mask_threshold: float = 0.5   # attention-mask threshold on sigmoid probabilities (Mask2Former)
+    mask_threshold: float = 0.5   # attention-mask threshold on sigmoid probabilities (mask_mode "hard")
+    mask_mode: str = "soft"       # "soft": scores + log M, so M^1/M^2 learn (docs/DESIGN.md); "hard": Mask2Former's detached M < thr
 
 
 @dataclass
@@ -363,6 +364,7 @@ class TWGTMConfig:
                               f"got {self.clip_text['hidden_size']}")
         tf = self.taskformer
         tf.pixel_decoder = _str("taskformer.pixel_decoder", tf.pixel_decoder, choices=("fpn", "linear"))
+        tf.mask_mode = _str("taskformer.mask_mode", tf.mask_mode, choices=("soft", "hard"))
         tf.mask_threshold = _num("taskformer.mask_threshold", tf.mask_threshold, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
 
         self.scheduler = _obj("scheduler", self.scheduler)

@@ -99,6 +99,19 @@ def build_condition(
     return LatentCondition(guidance=guidance, mask=mask, z0=z0)
 
 
+def task_gate(gate: torch.Tensor, latent_size: tuple[int, int], concat_dim: int) -> torch.Tensor:
+    """The Extended-Attention task gate over the joined latent (:class:`twgtm.attention.SpatialGate`'s map).
+
+    ``gate`` (B, 1, H, W) in [0, 1] is the task's mask in pixels: the try-on mask (given) or the predicted
+    flat-garment mask TFQ_0 (try-off), at any size; it is area-resized to the latent half ``latent_size``
+    (soft at the edges) and joined with zeros on the reference half. Returns (B, 1, h, 2w) (concat_dim -1).
+    """
+    g = gate.float()
+    if tuple(g.shape[-2:]) != tuple(latent_size):
+        g = F.interpolate(g, size=tuple(latent_size), mode="area")
+    return concat_halves(g, torch.zeros_like(g), concat_dim)
+
+
 def unet_input(z_t: torch.Tensor, cond: LatentCondition) -> torch.Tensor:
     """Channel-wise ``[z_t, m, E(h_f)]``: (B, 9, h, 2w)."""
     return torch.cat([z_t, cond.mask.to(z_t.dtype), cond.guidance.to(z_t.dtype)], dim=1)

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
-from .attention import model_output, precompute_srm_kv
+from .attention import SpatialGate, model_output, precompute_srm_kv
 from .components import TWGTMComponents
 from .config import TWGTMConfig, canonical_category
 from .errors import ConfigError, InputError, NumericalError
 from .images import (Placement, as_image_batch, as_mask_batch, as_output_size, broadcast_batch, fit_to_canvas, resize,
                      restore_from_canvas)
 from .latents import (LatentCondition, build_condition, concat_halves, largest_component, mask_to_box,
-                      target_half, unconditional, unet_input, vae_decode, vae_encode, white_canvas)
+                      target_half, task_gate, unconditional, unet_input, vae_decode, vae_encode, white_canvas)
 from .reference import ReferenceEncoder, ReferenceFeatures
 from .sam import SAMOutput
 from .schedulers import DEFAULT_SCHEDULER, canonical_scheduler, make_scheduler
@@ -273,12 +273,14 @@ class TWGTMPipeline:
     @torch.no_grad()
     def _generate(self, target: torch.Tensor, reference: torch.Tensor, region: torch.Tensor, cat_idx: torch.Tensor, *,
                   opts: SamplingOptions, generators: list[torch.Generator], callback: Callback | None,
-                  feats: ReferenceFeatures | None = None) -> torch.Tensor:
+                  feats: ReferenceFeatures | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
         """Model-size target/reference/region in [-1, 1] -> generated target half in [-1, 1] (CPU, float32).
 
         ``generators``: one per batch item (:func:`item_generators`), for the starting noise and every step's
         noise. ``feats``: the reference features when the caller already computed them (try-off needs them for
-        its mask anyway); otherwise they are computed here (the baseline: a zero context). A decode that is not
+        its mask anyway); otherwise they are computed here (the baseline: a zero context). ``gate`` (B, 1, H, W)
+        in [0, 1]: the task's mask for Extended Attention (the try-on mask, or the predicted flat-garment
+        mask for try-off; :func:`twgtm.latents.task_gate`), used in stage 2 only. A decode that is not
         finite raises
         :class:`NumericalError` (nothing non-finite is ever returned or pasted).
         """
@@ -311,6 +313,9 @@ class TWGTMPipeline:
         do_cfg = guidance_scale > 1.0
         f_sam = feats.sam.f_sam.to(dev, dtype)
         srm_rows, srm_gate = None, (1.0 if srm_kv is not None else None)  # K'/V': conditional rows only
+        srm_mask = None
+        if srm_kv is not None and gate is not None:  # stage 2: the SRM term acts inside the task's mask only
+            srm_mask = SpatialGate(task_gate(gate.to(dev), e_ref.shape[-2:], cfg.concat_dim).to(dtype))
         if do_cfg:
             unc = unconditional(cond, cfg.concat_dim)
             cond = LatentCondition(guidance=torch.cat([unc.guidance, cond.guidance]), mask=torch.cat([cond.mask, cond.mask]))
@@ -341,7 +346,8 @@ class TWGTMPipeline:
             if do_cfg:
                 z_in = torch.cat([z_in, z_in])
             x_in = unet_input(z_in.to(dtype), cond)
-            out = model_output(self.unet, x_in, t, f_sam, srm_kv=srm_kv, srm_gate=srm_gate, srm_rows=srm_rows).float()
+            out = model_output(self.unet, x_in, t, f_sam, srm_kv=srm_kv, srm_gate=srm_gate, srm_rows=srm_rows,
+                               srm_mask=srm_mask).float()
             if do_cfg:
                 out_u, out_c = out.chunk(2)
                 out = out_u + guidance_scale * (out_c - out_u)
@@ -408,7 +414,8 @@ class TWGTMPipeline:
 
         # 3. generate
         out = self._generate(self._to_pixels(person_c), self._to_pixels(garment_c), mask_c, cat_idx, opts=opts,
-                             generators=gens, callback=callback)
+                             generators=gens, callback=callback,
+                             gate=(mask_c > 0.5).float())  # the given mask gates Extended Attention
         out = ((out + 1.0) / 2.0).clamp(0, 1)
 
         # 4. restore the input size and paste the unmasked pixels back (full-resolution mask)
@@ -487,7 +494,7 @@ class TWGTMPipeline:
 
         # 4. generate
         out = self._generate(target, reference, region, cat_idx, opts=opts, generators=gens, callback=callback,
-                             feats=feats)
+                             feats=feats, gate=probs)  # the predicted mask gates Extended Attention
         out = ((out + 1.0) / 2.0).clamp(0, 1)
         if paste_back:  # exactly white outside the region
             out = out * region + (1.0 - region)

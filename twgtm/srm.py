@@ -85,24 +85,33 @@ def sine_position_embedding(height: int, width: int, dim: int, *, device: torch.
 
 
 def attention_mask_from_logits(logits: Tensor, size: tuple[int, int] | None, num_heads: int,
-                               threshold: float = 0.5) -> Tensor:
-    """Boolean masked-attention mask (True = masked out) from mask logits, as Mask2Former builds it.
+                               threshold: float = 0.5, mode: str = "hard") -> Tensor:
+    """Masked-attention mask from mask logits (M^1 or M^2 of the previous unit).
 
     Args:
         logits: (B, K, h, w) mask logits (M^2), or (B, K, T) token logits (M^1, then ``size=None``).
         size: (h_l, w_l) of the memory the mask is for; the logits are bilinearly resized
             (``align_corners=False``) to it. ``None`` keeps the logits' own layout.
         num_heads: attention heads; the mask is repeated per head, head-major within each sample.
-        threshold: positions with ``sigmoid(logit) < threshold`` are masked out.
+        threshold: ``"hard"`` only: positions with ``sigmoid(logit) < threshold`` are masked out.
+        mode: ``"hard"``: Mask2Former's boolean mask (True = masked out), detached; a row that would mask
+            every key is reset to all False. ``"soft"``: an additive float bias ``log M = logsigmoid(logit)``
+            (<= 0), differentiable, so the mask heads learn from the losses downstream; attention weights
+            become proportional to ``M * exp(q.k)``, a soft version of the hard mask (no row can be empty).
 
     Returns:
-        (B * num_heads, K, T) bool, detached. A row that would mask every key is reset to all False.
+        (B * num_heads, K, T): bool (hard) or the logits' dtype (soft).
     """
-    logits = logits.detach()
+    if mode == "hard":
+        logits = logits.detach()
     if size is not None:
         if logits.ndim != 4:
             raise InputError(f"logits: expected (B, K, h, w) when size is given, got shape {tuple(logits.shape)}")
         logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    if mode == "soft":
+        return F.logsigmoid(logits.flatten(2)).repeat_interleave(num_heads, dim=0)  # (B * heads, K, T)
+    if mode != "hard":
+        raise ConfigError(f"taskformer.mask_mode: expected 'soft' or 'hard', got {mode!r}")
     mask = logits.flatten(2).sigmoid() < threshold  # (B, K, T)
     mask = mask & ~mask.all(dim=-1, keepdim=True)  # fully-masked rows attend everywhere (Mask2Former)
     return mask.repeat_interleave(num_heads, dim=0)  # (B * heads, K, T)
@@ -158,7 +167,8 @@ class LinearPixelDecoder(nn.Module):
 # TaskFormer --------------------------------------------------------------------------------------------
 
 class MaskedAttention(nn.Module):
-    """Multi-head attention on SDPA; ``mask`` is bool (B * heads, Lq, Lk) with True = masked out."""
+    """Multi-head attention on SDPA; ``mask`` is bool (B * heads, Lq, Lk) with True = masked out, or a float
+    additive bias of that shape (soft masks)."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -172,7 +182,11 @@ class MaskedAttention(nn.Module):
                    for proj, x in ((self.to_q, query), (self.to_k, key), (self.to_v, value)))  # (B, h, L, c)
         keep = None
         if mask is not None:
-            keep = ~rearrange(mask, "(b h) q k -> b h q k", h=self.num_heads)  # SDPA: True = attend
+            keep = rearrange(mask, "(b h) q k -> b h q k", h=self.num_heads)
+            if keep.dtype == torch.bool:
+                keep = ~keep  # SDPA: True = attend
+            else:
+                keep = keep.to(q.dtype)  # additive bias
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, h, Lq, c)
         return self.to_out(rearrange(out, "b h l c -> b l (h c)"))  # (B, Lq, d)
 
@@ -218,6 +232,7 @@ class TaskFormer(nn.Module):
             nn.ModuleList(TaskFormerBlock(d, tf.num_heads, tf.ffn_dim) for _ in range(3))
             for _ in range(tf.num_units))
         self.threshold = tf.mask_threshold
+        self.mask_mode = tf.mask_mode
         self.gradient_checkpointing = False
 
     def memories(self, f_qf: Tensor, p2: Tensor, p3: Tensor) -> list[tuple[Tensor, Tensor | None, tuple | None]]:
@@ -250,8 +265,9 @@ class TaskFormer(nn.Module):
         f, m1_logits, m2_logits = heads.masks(output, phi, f_qf)
         m1, m2, tfq0 = [m1_logits.sigmoid()], [m2_logits], []
         for unit in self.units:
-            masks = [attention_mask_from_logits(m1_logits, None, self.num_heads, self.threshold)]  # (B*h, K, N)
-            masks += [attention_mask_from_logits(m2_logits, size, self.num_heads, self.threshold)
+            masks = [attention_mask_from_logits(m1_logits, None, self.num_heads, self.threshold,
+                                                self.mask_mode)]  # (B*h, K, N)
+            masks += [attention_mask_from_logits(m2_logits, size, self.num_heads, self.threshold, self.mask_mode)
                       for _, _, size in memories[1:]]  # (B*h, K, T_l)
             for block, (memory, pos, _), mask in zip(unit, memories, masks):
                 output = self._run_block(block, output, query_pos, memory, pos, mask)  # (B, K, d)
