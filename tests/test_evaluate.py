@@ -13,7 +13,8 @@ from twgtm.weights import save_twgtm
 from training.config import load_run_config
 from training.evaluate import EvalOptions, evaluate
 from training.grids import save_image_grid
-from training.report import PRIMARY_COMPARISONS, baseline_report, changed_region, region_l1, region_ssim
+from training.report import (CATEGORY_COMPARISONS, PRIMARY_COMPARISONS, baseline_report, changed_region, region_l1,
+                             region_ssim)
 
 from conftest import make_tiny_model
 
@@ -169,10 +170,14 @@ def test_baseline_report_compares_model_and_every_baseline(tmp_path, synthetic_r
     assert report["items"] == 4
     rows = report["results"]
     assert set(rows["tryon"]) == {"model", "person_unchanged", "masked_person"}
-    assert set(rows["tryoff"]) == {"model", "person_resized", "mean_garment"}
-    assert set(rows["mask"]) == {"model", "mean_mask"}
+    assert set(rows["tryoff"]) == {"model", "person_resized", "mean_garment", "category_mean_garment"}
+    assert set(rows["mask"]) == {"model", "mean_mask", "category_mean_mask"}
     assert rows["tryon"]["person_unchanged"]["region_l1"] < rows["tryon"]["person_unchanged"]["changed_l1"]
-    assert len(report["comparisons"]) == len(PRIMARY_COMPARISONS)
+    cats = list(report["per_category"])
+    assert cats and set(cats) <= {"upper", "lower", "dress"}
+    assert sum(report["per_category"][c]["items"] for c in cats) == 4
+    assert len(report["comparisons"]) == len(PRIMARY_COMPARISONS) + len(cats) * len(CATEGORY_COMPARISONS)
+    assert {c["category"] for c in report["comparisons"]} == {"all", *cats}
     assert report["passed"] == all(c["model_better"] for c in report["comparisons"])
     for c in report["comparisons"]:
         assert c["model_better"] == ((c["model"] > c["baseline_value"]) if c["metric"].endswith(("ssim", "iou"))
@@ -180,7 +185,8 @@ def test_baseline_report_compares_model_and_every_baseline(tmp_path, synthetic_r
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["comparisons"] == report["comparisons"] and saved["timings"]["stage1_s"] == 1.0
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "person_unchanged" in md and "mean_garment" in md and "Rule" in md
+    assert "person_unchanged" in md and "mean_garment" in md and "Rule" in md and "Per category" in md
+    assert saved["per_category"] == json.loads(json.dumps(report["per_category"]))
     assert (tmp_path / "report" / "grid.png").is_file()
 
 
@@ -199,4 +205,62 @@ def test_baseline_report_on_a_validation_set(tmp_path, synthetic_root, no_backbo
     assert rc in (0, 1)  # 1: a random model fails the rule, which is not what this test checks
     saved = json.loads((tmp_path / "report_val" / "report.json").read_text())
     assert saved["items"] == 3 and saved["held_out"] == f"test split of {val}"
+    assert sum(v["items"] for v in saved["per_category"].values()) == 3  # the same per-category report
+    assert any(c["baseline"] == "category_mean_garment" for c in saved["comparisons"])
     assert "test split of" in (tmp_path / "report_val" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- per category
+def test_beating_the_category_baseline_in_one_category_and_losing_in_another(tmp_path, synthetic_root,
+                                                                              no_backbones, monkeypatch):
+    """The ground truth itself is unavailable to a constant predictor; use the category baseline plus a shift that
+    makes it win (the true garments are darker on average) in one category and lose in another."""
+    from training import report as R
+
+    run = load_run_config(REPO / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=1",
+        f"eval.weights_dir={no_backbones}"])
+    model = make_tiny_model(0)
+    items = R._report_items(run, model.config)
+    truth = {}
+    for i in range(len(items)):
+        it = items[i]
+        truth[it["id"]] = (it["category"], (it["own_garment"].float() + 1) / 2)
+    cats = sorted({c for c, _ in truth.values()})
+    assert len(cats) >= 2
+    win, lose = cats[0], cats[1]
+
+    def fake_run_model(model, person, garment, mask, categories, indices=None, **kw):
+        ids = [items[int(j)]["id"] for j in indices]
+        off = []
+        for cat, i in zip(categories, ids):
+            gt = truth[i][1]
+            off.append(gt if cat == win else 1.0 - gt)     # perfect in one category, inverted in the other
+        return {"tryon": person, "tryoff": torch.stack(off).clamp(0, 1),
+                "mask": torch.zeros(len(person), 1, *off[0].shape[-2:])}
+
+    monkeypatch.setattr(R, "run_model", fake_run_model)
+    report = baseline_report(model, run, tmp_path / "report")
+    by = {(c["category"], c["metric"]): c["model_better"] for c in report["comparisons"]
+          if c["baseline"] == "category_mean_garment"}
+    assert by[(win, "l1")] and by[(win, "ssim")]
+    assert not by[(lose, "l1")]
+    assert report["passed"] is False
+    assert any(f"({lose})" in f for f in report["failed"]) and not any(f"tryoff l1 vs category_mean_garment ({win})"
+                                                                      in f for f in report["failed"])
+
+
+def test_categories_absent_from_the_test_split_are_skipped(tmp_path, no_backbones):
+    from training.synthetic import generate
+
+    root = tmp_path / "two"
+    generate(root, n_train=6, n_test=4, height=64, width=48, seed=5, categories=("upper", "dress"))
+    run = load_run_config(REPO / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path}", f"data.synthetic.root={root}", "eval.num_inference_steps=1",
+        f"eval.weights_dir={no_backbones}"])
+    report = baseline_report(make_tiny_model(0), run, tmp_path / "report")
+    assert set(report["per_category"]) == {"upper", "dress"}
+    assert {c["category"] for c in report["comparisons"]} == {"all", "upper", "dress"}
+    text = (tmp_path / "report" / "report.json").read_text()
+    assert "NaN" not in text, text[max(0, text.find("NaN") - 300):text.find("NaN") + 50]
+    assert "lower" not in json.loads(text)["per_category"]
