@@ -12,7 +12,7 @@ DressCode is reported per category and over all. Every metric comes from :mod:`t
 backbones are read from local files only. A metric whose file is missing is reported as skipped with
 a message naming the file and where to place it (``--strict`` turns that into an error); the weight-free
 metrics always run. Writes ``<protocol>.json`` / ``<protocol>.md`` per protocol and ``evaluation.json`` /
-``evaluation.md`` with everything.
+``evaluation.md`` with everything. Items stream a batch at a time, resumable and shardable (see `evaluate`).
 """
 from __future__ import annotations
 
