@@ -13,7 +13,8 @@ from twgtm.weights import save_twgtm
 from training.config import load_run_config
 from training.evaluate import EvalOptions, evaluate
 from training.grids import save_image_grid
-from training.report import PRIMARY_COMPARISONS, baseline_report, changed_region, region_l1, region_ssim
+from training.report import (CATEGORY_COMPARISONS, PRIMARY_COMPARISONS, baseline_report, changed_region, region_l1,
+                             region_ssim)
 
 from conftest import make_tiny_model
 
@@ -169,10 +170,14 @@ def test_baseline_report_compares_model_and_every_baseline(tmp_path, synthetic_r
     assert report["items"] == 4
     rows = report["results"]
     assert set(rows["tryon"]) == {"model", "person_unchanged", "masked_person"}
-    assert set(rows["tryoff"]) == {"model", "person_resized", "mean_garment"}
-    assert set(rows["mask"]) == {"model", "mean_mask"}
+    assert set(rows["tryoff"]) == {"model", "person_resized", "mean_garment", "category_mean_garment"}
+    assert set(rows["mask"]) == {"model", "mean_mask", "category_mean_mask"}
     assert rows["tryon"]["person_unchanged"]["region_l1"] < rows["tryon"]["person_unchanged"]["changed_l1"]
-    assert len(report["comparisons"]) == len(PRIMARY_COMPARISONS)
+    cats = list(report["per_category"])
+    assert cats and set(cats) <= {"upper", "lower", "dress"}
+    assert sum(report["per_category"][c]["items"] for c in cats) == 4
+    assert len(report["comparisons"]) == len(PRIMARY_COMPARISONS) + len(cats) * len(CATEGORY_COMPARISONS)
+    assert {c["category"] for c in report["comparisons"]} == {"all", *cats}
     assert report["passed"] == all(c["model_better"] for c in report["comparisons"])
     for c in report["comparisons"]:
         assert c["model_better"] == ((c["model"] > c["baseline_value"]) if c["metric"].endswith(("ssim", "iou"))
@@ -180,7 +185,8 @@ def test_baseline_report_compares_model_and_every_baseline(tmp_path, synthetic_r
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["comparisons"] == report["comparisons"] and saved["timings"]["stage1_s"] == 1.0
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "person_unchanged" in md and "mean_garment" in md and "Rule" in md
+    assert "person_unchanged" in md and "mean_garment" in md and "Rule" in md and "Per category" in md
+    assert saved["per_category"] == json.loads(json.dumps(report["per_category"]))
     assert (tmp_path / "report" / "grid.png").is_file()
 
 
@@ -199,4 +205,187 @@ def test_baseline_report_on_a_validation_set(tmp_path, synthetic_root, no_backbo
     assert rc in (0, 1)  # 1: a random model fails the rule, which is not what this test checks
     saved = json.loads((tmp_path / "report_val" / "report.json").read_text())
     assert saved["items"] == 3 and saved["held_out"] == f"test split of {val}"
+    assert sum(v["items"] for v in saved["per_category"].values()) == 3  # the same per-category report
+    assert any(c["baseline"] == "category_mean_garment" for c in saved["comparisons"])
     assert "test split of" in (tmp_path / "report_val" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- per category
+def test_beating_the_category_baseline_in_one_category_and_losing_in_another(tmp_path, synthetic_root,
+                                                                              no_backbones, monkeypatch):
+    """The ground truth itself is unavailable to a constant predictor; use the category baseline plus a shift that
+    makes it win (the true garments are darker on average) in one category and lose in another."""
+    from training import report as R
+
+    run = load_run_config(REPO / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=1",
+        f"eval.weights_dir={no_backbones}"])
+    model = make_tiny_model(0)
+    items = R._report_items(run, model.config)
+    truth = {}
+    for i in range(len(items)):
+        it = items[i]
+        truth[it["id"]] = (it["category"], (it["own_garment"].float() + 1) / 2)
+    cats = sorted({c for c, _ in truth.values()})
+    assert len(cats) >= 2
+    win, lose = cats[0], cats[1]
+
+    def fake_run_model(model, person, garment, mask, categories, indices=None, **kw):
+        ids = [items[int(j)]["id"] for j in indices]
+        off = []
+        for cat, i in zip(categories, ids):
+            gt = truth[i][1]
+            off.append(gt if cat == win else 1.0 - gt)     # perfect in one category, inverted in the other
+        return {"tryon": person, "tryoff": torch.stack(off).clamp(0, 1),
+                "mask": torch.zeros(len(person), 1, *off[0].shape[-2:])}
+
+    monkeypatch.setattr(R, "run_model", fake_run_model)
+    report = baseline_report(model, run, tmp_path / "report")
+    by = {(c["category"], c["metric"]): c["model_better"] for c in report["comparisons"]
+          if c["baseline"] == "category_mean_garment"}
+    assert by[(win, "l1")] and by[(win, "ssim")]
+    assert not by[(lose, "l1")]
+    assert report["passed"] is False
+    assert any(f"({lose})" in f for f in report["failed"]) and not any(f"tryoff l1 vs category_mean_garment ({win})"
+                                                                      in f for f in report["failed"])
+
+
+def test_categories_absent_from_the_test_split_are_skipped(tmp_path, no_backbones):
+    from training.synthetic import generate
+
+    root = tmp_path / "two"
+    generate(root, n_train=6, n_test=4, height=64, width=48, seed=5, categories=("upper", "dress"))
+    run = load_run_config(REPO / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path}", f"data.synthetic.root={root}", "eval.num_inference_steps=1",
+        f"eval.weights_dir={no_backbones}"])
+    report = baseline_report(make_tiny_model(0), run, tmp_path / "report")
+    assert set(report["per_category"]) == {"upper", "dress"}
+    assert {c["category"] for c in report["comparisons"]} == {"all", "upper", "dress"}
+    text = (tmp_path / "report" / "report.json").read_text()
+    assert "NaN" not in text, text[max(0, text.find("NaN") - 300):text.find("NaN") + 50]
+    assert "lower" not in json.loads(text)["per_category"]
+
+
+# ---------------------------------------------------------------------------------------------- streaming evaluate
+def test_streaming_evaluate_equals_all_items_at_once_and_resumes(tmp_path, synthetic_root, no_backbones,
+                                                                 monkeypatch):
+    from training import evaluate as E
+    from training.data import open_split
+    from training.metrics import VTOFF, compute_metrics
+    from training.sampling import run_model, to_unit
+    from torch.utils.data import default_collate
+
+    model = make_tiny_model(0)
+    opts = EvalOptions(num_inference_steps=1, batch_size=3, weights_dir=str(no_backbones), save_images=True)
+    summary = evaluate(model, str(synthetic_root), tmp_path / "ev", protocols=["vtoff"], opts=opts)
+    # the reference: every item in memory, metrics on all at once, as the in-memory evaluation did (same model
+    # batches: a batch of 4 instead of 3 + 1 moves the images by ~1e-6)
+    ds = open_split(str(synthetic_root), split="test", pairs="paired", size=(64, 48))
+    b = default_collate([ds[i] for i in range(len(ds))])
+    outs = run_model(model, to_unit(b["person"]), to_unit(b["garment"]), b["person_mask"], list(b["category"]),
+                     steps=1, guidance_scale=opts.guidance_scale, eta=opts.eta, seed=opts.seed, batch_size=3,
+                     scheduler=opts.scheduler, tryoff_region=opts.tryoff_region, garment_mask=b["garment_mask"],
+                     tasks=("tryoff", "mask"))
+    ref = compute_metrics(outs["tryoff"], to_unit(b["garment"]), list(VTOFF) + ["mask_iou"], y_channel=True,
+                          pred_mask=outs["mask"], gt_mask=b["garment_mask"], weights_dir=str(no_backbones))
+    got = summary["protocols"]["vtoff"]["rows"]["all"]
+    for name, value in ref.items():
+        assert (got[name] is None) if value is None else got[name] == pytest.approx(value, abs=1e-6), (name, got, ref)
+    assert len(list((tmp_path / "ev" / "records" / "vtoff").glob("*.pt"))) == 4
+
+    # resume: the items whose outputs exist are read back, only the missing ones are generated
+    victim = sorted((tmp_path / "ev" / "records" / "vtoff").glob("*.pt"))[1]
+    victim.unlink()
+    seen = []
+    real = E.run_model
+    monkeypatch.setattr(E, "run_model", lambda *a, **kw: seen.append(list(kw["indices"])) or real(*a, **kw))
+    again = evaluate(model, str(synthetic_root), tmp_path / "ev", protocols=["vtoff"], opts=opts)
+    assert seen == [[1]]
+    for name, value in got.items():
+        assert again["protocols"]["vtoff"]["rows"]["all"][name] == pytest.approx(value, abs=1e-6) if value is not None \
+            else True
+    with pytest.raises(ConfigError, match="another --out"):
+        evaluate(model, str(synthetic_root), tmp_path / "ev", protocols=["vtoff"],
+                 opts=EvalOptions(num_inference_steps=2, weights_dir=str(no_backbones)))
+
+
+def _dist_worker(rank, world, port, root, out, weights):
+    import torch.distributed as dist
+
+    import os as _os
+    _os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        opts = EvalOptions(num_inference_steps=1, batch_size=2, weights_dir=weights)
+        summary = evaluate(make_tiny_model(0), root, out, protocols=["vtoff", "vton_paired"], opts=opts)
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(summary["protocols"]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_shard_the_items_and_merge_on_rank0(tmp_path, synthetic_root, no_backbones):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "dist"
+    mp.spawn(_dist_worker, args=(2, port, str(synthetic_root), str(out), str(no_backbones)), nprocs=2, join=True)
+    single = evaluate(make_tiny_model(0), str(synthetic_root), tmp_path / "one", protocols=["vtoff", "vton_paired"],
+                      opts=EvalOptions(num_inference_steps=1, batch_size=2, weights_dir=str(no_backbones)))
+    for rank in (0, 1):
+        merged = json.loads((out / f"rank{rank}.json").read_text())
+        for proto in ("vtoff", "vton_paired"):
+            assert merged[proto]["items"] == 4
+            for name, value in single["protocols"][proto]["rows"]["all"].items():
+                m = merged[proto]["rows"]["all"][name]
+                assert (m is None) if value is None else m == pytest.approx(value, abs=1e-5), (proto, name)
+    assert json.loads((out / "evaluation.json").read_text())["protocols"]["vtoff"]["items"] == 4
+
+
+_RSS_SCRIPT = r"""
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+from twgtm.components import TWGTMComponents
+from twgtm.config import TWGTMConfig
+from training import evaluate as E
+
+root, out, n, weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+model = TWGTMComponents.build(TWGTMConfig.tiny(height=1024, width=768), random_prompts=True)
+
+def generated(model, person, garment, mask, categories, *, tasks, **kw):  # the sampler's output: a batch at a time
+    g = torch.Generator().manual_seed(int(kw["indices"][0]))
+    return {"tryoff": torch.rand(len(person), 3, 1024, 768, generator=g),
+            "mask": torch.rand(len(person), 1, 1024, 768, generator=g)}
+
+E.run_model = generated
+E.evaluate(model, root, out, protocols=["vtoff"],
+           opts=E.EvalOptions(batch_size=4, max_items=n, weights_dir=weights, save_images=True))
+print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_of_evaluate_does_not_grow_with_the_split(tmp_path, no_backbones):
+    """16 and 64 items at 1024x768 (~3 min): the peak RSS differs by less than 10 %. The sampler is replaced by a
+    random batch of the right size (the tiny UNet's attention at 1024x768 does not fit this machine); everything
+    else (reading the split, metrics, images written, records) is what `evaluate` does."""
+    import subprocess
+    import sys
+
+    from training.synthetic import generate
+
+    root = tmp_path / "big"
+    generate(root, n_train=0, n_test=64, height=1024, width=768, seed=2)
+    peaks = {}
+    for n in (16, 64):
+        res = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(root), str(tmp_path / f"ev{n}"), str(n),
+                              str(no_backbones)], cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        peaks[n] = json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kb"]
+        assert len(list((tmp_path / f"ev{n}" / "images" / "vtoff").glob("*.png"))) == n
+    assert abs(peaks[64] - peaks[16]) < 0.1 * peaks[16], peaks

@@ -205,14 +205,14 @@ def _ms_ssim_setting(h: int, w: int) -> tuple[tuple[float, ...], int]:
 
 
 def _ssim_scores(pred: Tensor, gt: Tensor, y_channel: bool, batch_size: int,
-                 score: Callable[[Tensor, Tensor], Tensor]) -> float:
-    """Mean over images of `score(pred_chunk, gt_chunk) -> (B,)`, optionally on the 8-bit Y channel."""
+                 score: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Per-image `score(pred_chunk, gt_chunk) -> (B,)` over the batch (N,), optionally on the 8-bit Y channel."""
     scores = []
     for p, g in _paired_chunks(pred, gt, batch_size):
         if y_channel:
             p, g = _y_channel(_to_uint8_grid(p)).float() / 255.0, _y_channel(_to_uint8_grid(g)).float() / 255.0
         scores.append(score(p, g))
-    return torch.cat(scores).mean().item()
+    return torch.cat(scores)
 
 
 @torch.no_grad()
@@ -222,6 +222,12 @@ def ssim(pred: Tensor, gt: Tensor, *, y_channel: bool = False, batch_size: int =
     ``y_channel=True`` reproduces pyiqa's preprocessing used by TryOffDiff (8-bit rounding, Y of YIQ);
     the default is CatVTON / LaDI-VTON's RGB torchmetrics SSIM. Images under 11 pixels get a smaller kernel.
     """
+    return ssim_scores(pred, gt, y_channel=y_channel, batch_size=batch_size).mean().item()
+
+
+@torch.no_grad()
+def ssim_scores(pred: Tensor, gt: Tensor, *, y_channel: bool = False, batch_size: int = 16) -> Tensor:
+    """Per-image SSIM scores (N,) of `ssim`."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     pred, gt = _check_pair(pred, gt)
@@ -237,6 +243,12 @@ def ms_ssim(pred: Tensor, gt: Tensor, *, y_channel: bool = False, batch_size: in
     Images smaller than 176 pixels on a side cannot hold 5 scales; `_ms_ssim_setting` then drops coarse
     scales (and, below 11 pixels, shrinks the kernel) and logs a warning. ``y_channel`` as in `ssim`.
     """
+    return ms_ssim_scores(pred, gt, y_channel=y_channel, batch_size=batch_size).mean().item()
+
+
+@torch.no_grad()
+def ms_ssim_scores(pred: Tensor, gt: Tensor, *, y_channel: bool = False, batch_size: int = 16) -> Tensor:
+    """Per-image MS-SSIM scores (N,) of `ms_ssim`."""
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
     pred, gt = _check_pair(pred, gt)
@@ -360,6 +372,14 @@ def cw_ssim(pred: Tensor, gt: Tensor, *, levels: int = 4, orientations: int = 8,
     logged. Computed in float64 (not available on MPS). Deviation: where both
     bands are exactly zero over a window (flat image areas, 0/0 with K=0) the local index counts as 1.
     """
+    return cw_ssim_scores(pred, gt, levels=levels, orientations=orientations, window=window, K=K,
+                          y_channel=y_channel, batch_size=batch_size).mean().item()
+
+
+@torch.no_grad()
+def cw_ssim_scores(pred: Tensor, gt: Tensor, *, levels: int = 4, orientations: int = 8, window: int = 7,
+                   K: float = 0.0, y_channel: bool = True, batch_size: int = 16) -> Tensor:
+    """Per-image CW-SSIM scores (N,) of `cw_ssim`."""
     pred, gt = _check_pair(pred, gt)
     if levels < 1 or orientations < 1 or window < 1:
         raise InputError(f"cw_ssim needs levels, orientations, window >= 1; "
@@ -382,7 +402,7 @@ def cw_ssim(pred: Tensor, gt: Tensor, *, levels: int = 4, orientations: int = 8,
         b, c = x.shape[:2]
         per_channel = _cw_ssim_gray(x.reshape(b * c, h, w), y.reshape(b * c, h, w), levels, orientations, window, K)
         scores.append(per_channel.reshape(b, c).mean(dim=1))  # (B,)
-    return torch.cat(scores).mean().item()
+    return torch.cat(scores)
 
 
 # mask IoU
@@ -391,6 +411,12 @@ def cw_ssim(pred: Tensor, gt: Tensor, *, levels: int = 4, orientations: int = 8,
 @torch.no_grad()
 def mask_iou(pred_mask: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> float:
     """Mean IoU over the batch of masks (N, 1, H, W) binarised at ``>= threshold``; two empty masks give 1."""
+    return mask_iou_scores(pred_mask, gt_mask, threshold).mean().item()
+
+
+@torch.no_grad()
+def mask_iou_scores(pred_mask: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> Tensor:
+    """Per-mask IoU (N,) of `mask_iou`."""
     for name, m in (("pred_mask", pred_mask), ("gt_mask", gt_mask)):
         if not isinstance(m, Tensor) or m.ndim != 4 or m.shape[1] != 1:
             shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
@@ -402,8 +428,7 @@ def mask_iou(pred_mask: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> floa
     g = gt_mask.to(pred_mask.device).float() >= threshold
     inter = (p & g).flatten(1).sum(dim=1).float()
     union = (p | g).flatten(1).sum(dim=1).float()
-    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    return iou.mean().item()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
 # backbone files (never downloaded)
@@ -531,10 +556,17 @@ def lpips(pred: Tensor, gt: Tensor, net: Literal["alex", "squeeze", "vgg"] = "al
     [-1, 1] as in ``normalize=True``. The torchvision trunk is read from `weights_dir` or
     ``$TORCH_HOME/hub/checkpoints`` (`BACKBONE_FILES`); absent -> `MetricUnavailable`.
     """
+    return lpips_scores(pred, gt, net, weights_dir, batch_size=batch_size).mean().item()
+
+
+@torch.no_grad()
+def lpips_scores(pred: Tensor, gt: Tensor, net: Literal["alex", "squeeze", "vgg"] = "alex",
+                 weights_dir: Optional[PathLike] = None, *, batch_size: int = 16) -> Tensor:
+    """Per-image LPIPS (N,) of `lpips`."""
     pred, gt = _check_pair(pred, gt)
     model = _lpips_model(net, weights_dir, pred.device)
     scores = [model(p, g, normalize=True).reshape(-1) for p, g in _paired_chunks(pred, gt, batch_size)]
-    return torch.cat(scores).mean().item()
+    return torch.cat(scores)
 
 
 def _dists_model(weights_dir: Optional[PathLike], device: torch.device) -> nn.Module:
@@ -559,6 +591,13 @@ def dists(pred: Tensor, gt: Tensor, weights_dir: Optional[PathLike] = None, *,
     Both images are resized to `size` = (H, W) = (341, 256) as in TryOffDiff (bilinear, antialiased;
     ``None`` keeps the input size). Needs ``vgg16-397923af.pth`` locally, else `MetricUnavailable`.
     """
+    return dists_scores(pred, gt, weights_dir, size=size, batch_size=batch_size).mean().item()
+
+
+@torch.no_grad()
+def dists_scores(pred: Tensor, gt: Tensor, weights_dir: Optional[PathLike] = None, *,
+                 size: Optional[tuple[int, int]] = (341, 256), batch_size: int = 16) -> Tensor:
+    """Per-image DISTS (N,) of `dists`."""
     pred, gt = _check_pair(pred, gt)
     model = _dists_model(weights_dir, pred.device)
     scores = []
@@ -566,7 +605,7 @@ def dists(pred: Tensor, gt: Tensor, weights_dir: Optional[PathLike] = None, *,
         if size is not None:
             p, g = _resize(p, size), _resize(g, size)
         scores.append(model(p, g).reshape(-1))
-    return torch.cat(scores).mean().item()
+    return torch.cat(scores)
 
 
 # FID / KID / CLIP-FID (torchmetrics statistics on features we extract)
@@ -656,11 +695,16 @@ def kid(pred: Tensor, gt: Tensor, feature: Optional[nn.Module] = None, *, subset
     Mean over `subsets` random subsets (seeded by `seed`) of `subset_size` images, clamped to the smaller set
     size (clean-fid uses at most 1,000). `feature` and the default Inception as in `fid`.
     """
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     pred, gt = _check_distribution_inputs(pred, gt, "kid")
     feature = feature if feature is not None else _default_inception(weights_dir, "kid", pred.device)
-    f_pred, f_gt = _extract(feature, pred, batch_size), _extract(feature, gt, batch_size)
+    return _kid_from_features(_extract(feature, pred, batch_size), _extract(feature, gt, batch_size),
+                              subset_size=subset_size, subsets=subsets, seed=seed)
+
+
+def _kid_from_features(f_pred: Tensor, f_gt: Tensor, *, subset_size: int = 1000, subsets: int = 100,
+                       seed: int = 0) -> float:
+    from torchmetrics.image.kid import KernelInceptionDistance
+
     size = min(subset_size, len(f_pred), len(f_gt))
     if size < subset_size:
         logger.info("kid: subset_size %d reduced to %d (number of images)", subset_size, size)
@@ -764,10 +808,16 @@ def dino_score(pred: Tensor, gt: Tensor, model_dir: Optional[PathLike], *, batch
     normalised. The paper gives no reference code; this is the DreamBooth "DINO score". Missing directory ->
     `MetricUnavailable`.
     """
+    return dino_scores(pred, gt, model_dir, batch_size=batch_size).mean().item()
+
+
+@torch.no_grad()
+def dino_scores(pred: Tensor, gt: Tensor, model_dir: Optional[PathLike], *, batch_size: int = 32) -> Tensor:
+    """Per-pair DINO cosine (N,) of `dino_score`."""
     pred, gt = _check_pair(pred, gt)
     model = _hf_model("dino", model_dir, "dino", "model_dir", _DINOFeatures, pred.device)
     f_pred, f_gt = _extract(model, pred, batch_size), _extract(model, gt, batch_size)
-    return F.cosine_similarity(f_pred, f_gt, dim=1).mean().item()
+    return F.cosine_similarity(f_pred, f_gt, dim=1)
 
 
 # protocol driver
@@ -855,6 +905,138 @@ def compute_metrics(
             continue
         logger.info("%s = %.6g (%.1f s)", name, results[name], time.perf_counter() - start)
     return results
+
+
+# streaming: per-item scores and features, reduced per group of items
+
+
+PER_IMAGE = ("ssim", "ms_ssim", "cw_ssim", "lpips", "dists", "dino", "mask_iou")
+_FEATURE_KIND = {"fid": "inception", "kid": "inception", "clip_fid": "clip"}
+
+
+class ItemScorer:
+    """`compute_metrics` a batch at a time: per-image scores and per-image backbone features of each item.
+
+    ``scorer(pred, gt, pred_mask=, gt_mask=)`` returns one record per item, ``{"scores": {metric: float},
+    "features": {"inception"|"clip": {"pred": (F,), "gt": (F,)}}, "skipped": {metric: reason}}``; records of
+    any batches, processes or earlier runs are reduced with :func:`reduce_items`, which gives what
+    `compute_metrics` gives on all those items at once (means of the per-image scores; FID/KID/CLIP-FID from
+    the stacked features, in item order). A backbone that is missing is tried once and then skipped.
+    Arguments as `compute_metrics`.
+    """
+
+    def __init__(self, names: Sequence[str], *, weights_dir: Optional[PathLike] = None,
+                 lpips_net: Literal["alex", "squeeze", "vgg"] = "alex", fid_feature: Optional[nn.Module] = None,
+                 kid_subset_size: int = 1000, clip_dir: Optional[PathLike] = None,
+                 dino_dir: Optional[PathLike] = None, y_channel: Optional[bool] = None,
+                 dists_size: Optional[tuple[int, int]] = (341, 256), batch_size: int = 16) -> None:
+        unknown = [n for n in names if n not in ALL_METRICS]
+        if unknown:
+            raise InputError(f"unknown metric name(s) {unknown}; expected names from {ALL_METRICS}")
+        self.names = tuple(dict.fromkeys(names))
+        self.kid_subset_size = kid_subset_size
+        self.skipped: dict[str, str] = {}
+        ssim_y = {} if y_channel is None else {"y_channel": y_channel}
+        self._scores: dict[str, Callable[..., Tensor]] = {
+            "ssim": lambda p, g: ssim_scores(p, g, **ssim_y, batch_size=batch_size),
+            "ms_ssim": lambda p, g: ms_ssim_scores(p, g, **ssim_y, batch_size=batch_size),
+            "cw_ssim": lambda p, g: cw_ssim_scores(p, g, **ssim_y, batch_size=batch_size),
+            "lpips": lambda p, g: lpips_scores(p, g, lpips_net, weights_dir, batch_size=batch_size),
+            "dists": lambda p, g: dists_scores(p, g, weights_dir, size=dists_size, batch_size=batch_size),
+            "dino": lambda p, g: dino_scores(p, g, dino_dir, batch_size=batch_size),
+        }
+        self._extractors: dict[str, Callable[[torch.device], nn.Module]] = {
+            "inception": lambda dev: fid_feature if fid_feature is not None else _default_inception(
+                weights_dir, "fid", dev),
+            "clip": lambda dev: _hf_model("clip", clip_dir, "clip_fid", "clip_dir", _CLIPImageFeatures, dev),
+        }
+        self._batch_size = batch_size
+
+    def _skip(self, metrics: Sequence[str], reason: str) -> None:
+        for m in metrics:
+            if m not in self.skipped:
+                self.skipped[m] = reason
+                logger.warning("skipped %s: %s", m, reason)
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, gt: Tensor, *, pred_mask: Optional[Tensor] = None,
+                 gt_mask: Optional[Tensor] = None) -> list[dict]:
+        n = len(pred)
+        records: list[dict] = [{"scores": {}, "features": {}} for _ in range(n)]
+        for name in self.names:
+            if name in self.skipped or name in _DISTRIBUTION:
+                continue
+            if name == "mask_iou":
+                if pred_mask is None or gt_mask is None:
+                    self.skipped[name] = "mask_iou needs pred_mask and gt_mask"
+                    continue
+                values = mask_iou_scores(pred_mask, gt_mask)
+            else:
+                try:
+                    values = self._scores[name](pred, gt)
+                except MetricUnavailable as err:
+                    self._skip([name], str(err))
+                    continue
+            for rec, v in zip(records, values.tolist()):
+                rec["scores"][name] = float(v)
+        for kind in dict.fromkeys(_FEATURE_KIND[m] for m in self.names if m in _DISTRIBUTION):
+            users = [m for m in self.names if _FEATURE_KIND.get(m) == kind]
+            if all(m in self.skipped for m in users):
+                continue
+            try:
+                extractor = self._extractors[kind](pred.device)
+                f_pred = _extract(extractor, _check_images(pred, "pred"), self._batch_size).float()
+                f_gt = _extract(extractor, _check_images(gt, "gt"), self._batch_size).float()
+            except MetricUnavailable as err:
+                self._skip(users, str(err))
+                continue
+            for i, rec in enumerate(records):
+                rec["features"][kind] = {"pred": f_pred[i].clone(), "gt": f_gt[i].clone()}
+        for rec in records:
+            rec["skipped"] = dict(self.skipped)
+        return records
+
+    def reduce(self, records: Sequence[Mapping]) -> "MetricResults":
+        """The metrics of a group of items (their records, in item order)."""
+        return reduce_items(records, self.names, kid_subset_size=self.kid_subset_size)
+
+
+def reduce_items(records: Sequence[Mapping], names: Sequence[str], *, kid_subset_size: int = 1000) -> "MetricResults":
+    """Metric values of a group of items from their per-item records (:class:`ItemScorer`): the mean of the
+    per-image scores (any score name, so callers may add their own per-image metrics), FID/KID/CLIP-FID
+    from the stacked features. A metric skipped for an item, or missing from some records, is None with the
+    reason in ``.skipped``."""
+    out = MetricResults()
+    n = len(records)
+    for name in dict.fromkeys(names):
+        reason = next((r["skipped"][name] for r in records if name in r.get("skipped", {})), None)
+        if reason is not None:
+            out[name], out.skipped[name] = None, reason
+            continue
+        if name in _DISTRIBUTION:
+            kind = _FEATURE_KIND[name]
+            have = [r["features"][kind] for r in records if kind in r.get("features", {})]
+            if n < 2:
+                out[name] = None
+                out.skipped[name] = f"{name} needs at least 2 images per set; received {n} and {n}"
+                continue
+            if len(have) < n:
+                out[name] = None
+                out.skipped[name] = (f"{name}: only {len(have)} of {n} items have features (records of an "
+                                     f"earlier run without the backbone?); delete them to recompute")
+                continue
+            f_pred = torch.stack([h["pred"] for h in have]).double()
+            f_gt = torch.stack([h["gt"] for h in have]).double()
+            out[name] = (_kid_from_features(f_pred, f_gt, subset_size=kid_subset_size) if name == "kid"
+                         else _fid_from_features(f_pred, f_gt))
+            continue
+        values = [r["scores"].get(name) for r in records]
+        if n == 0 or any(v is None for v in values):
+            out[name] = None
+            out.skipped[name] = f"{name}: only {n - values.count(None)} of {n} items have a value"
+            continue
+        out[name] = math.fsum(values) / n
+    return out
 
 
 # report

@@ -1,16 +1,20 @@
 """Model outputs for the trainer's sample grids, the report and ``evaluate``: try-on, try-off and the predicted
-garment mask of a batch of items (:func:`run_model`), with dataset images mapped to [0, 1] (:func:`to_unit`)."""
+garment mask of a batch of items (:func:`run_model`), with dataset images mapped to [0, 1] (:func:`to_unit`);
+the streaming loop of the report and ``evaluate`` (:func:`batches`: a DataLoader over one process's share of a
+split, :func:`shard`; :func:`dist_info` / :func:`gather_to_rank0` for ``torch.distributed``)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from twgtm.components import TWGTMComponents
 from twgtm.latents import mask_to_box
 from twgtm.pipeline import TWGTMPipeline
 
-__all__ = ["to_unit", "run_model"]
+__all__ = ["to_unit", "run_model", "item_seed_generators", "shard", "batches", "dist_info", "gather_to_rank0",
+           "broadcast_from_rank0"]
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -23,7 +27,8 @@ def run_model(model: TWGTMComponents, person: torch.Tensor, garment: torch.Tenso
               categories: list[str], *, steps: int, guidance_scale: float, seed: int, scheduler: str = "ddim",
               eta: Optional[float] = None, batch_size: int = 16, tryoff_region: str = "full",
               garment_mask: Optional[torch.Tensor] = None,
-              tasks: Sequence[str] = ("tryon", "tryoff", "mask")) -> dict[str, torch.Tensor]:
+              tasks: Sequence[str] = ("tryon", "tryoff", "mask"),
+              indices: Optional[Sequence[int]] = None) -> dict[str, torch.Tensor]:
     """Try-on, try-off and the predicted garment mask for all items (images in [0, 1], chunked).
 
     ``eta``: DDIM eta (None: the model config's). With try-off, the mask is the one try-off predicted
@@ -34,6 +39,9 @@ def run_model(model: TWGTMComponents, person: torch.Tensor, garment: torch.Tenso
     the silhouette of the largest component of the model's own predicted mask (``"pred_box"``, Mask2BBox
     pred / ``"pred_mask"``). With a region the canvas stays white outside it (the pipeline's paste-back,
     as try-on pastes the person back outside its mask).
+
+    Item ``j`` of the split (``indices[k]``, default ``k``) is sampled with seed ``seed + j`` whatever the
+    batching, so a split evaluated in batches, in shards over processes or resumed gives the same images.
     """
     pipe = TWGTMPipeline.from_components(model)
     out: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
@@ -41,7 +49,7 @@ def run_model(model: TWGTMComponents, person: torch.Tensor, garment: torch.Tenso
     for i in range(0, len(person), batch_size):
         sl = slice(i, i + batch_size)
         cats = categories[sl]
-        gen = seed + i  # a different, reproducible seed per chunk
+        gen = item_seed_generators(seed, indices[sl] if indices is not None else range(i, i + len(cats)))
         if "tryon" in tasks:
             out["tryon"].append(pipe.try_on(person[sl], garment[sl], mask[sl], cats, num_inference_steps=steps,
                                             guidance_scale=guidance_scale, eta=eta, generator=gen,
@@ -63,3 +71,66 @@ def run_model(model: TWGTMComponents, person: torch.Tensor, garment: torch.Tenso
         elif "mask" in tasks:
             out["mask"].append(pipe.predict_garment_mask(person[sl], cats, output_size=canvas))
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def item_seed_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per item, seeded ``seed + index`` (as the pipeline's int seed ``s`` gives item ``i`` the
+    seed ``s + i``)."""
+    return [torch.Generator("cpu").manual_seed((seed + int(j)) % 2 ** 64 if seed >= 0 else seed + int(j))
+            for j in indices]
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of an initialised ``torch.distributed`` group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(n: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The items of process ``rank`` out of ``world`` (accelerate's split): ``rank, rank + world, ...`` < n."""
+    return list(range(rank, n, world))
+
+
+class _Indexed(Dataset):
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        return dict(self.base[index], index=index)
+
+
+def batches(dataset: Dataset, indices: Sequence[int], batch_size: int, num_workers: int = 0) -> Iterator[dict]:
+    """Collated batches of ``dataset[indices]`` in order, ``batch_size`` at a time (a DataLoader: only one batch is
+    decoded and held at a time); each batch has ``index``, the items' positions in ``dataset``."""
+    loader = DataLoader(Subset(_Indexed(dataset), list(indices)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=default_collate)
+    yield from loader
+
+
+def gather_to_rank0(obj: Any) -> Optional[list]:
+    """Every process's ``obj`` as a list on rank 0 (None on the others); ``[obj]`` without torch.distributed."""
+    import torch.distributed as dist
+
+    rank, world = dist_info()
+    if world == 1:
+        return [obj]
+    out = [None] * world if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (``obj`` itself without torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist_info()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
