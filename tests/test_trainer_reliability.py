@@ -371,3 +371,35 @@ def test_synthetic_data_generated_with_other_parameters_is_not_reused(tmp_path):
     prepare_data(load_run_config(TINY, sets), acc)  # the same set: reused
     with pytest.raises(ConfigError, match=r"data.synthetic: .*'n_train': 8.*'n_train': 4"):
         prepare_data(load_run_config(TINY, sets + ["data.synthetic.n_train=4"]), acc)
+
+
+def test_lock_left_to_the_workers_of_a_killed_run_is_waited_for(tmp_path, monkeypatch):
+    """After SIGKILL, the run's DataLoader workers still hold the inherited lock for a few seconds: a resume that
+    starts at once waits for them (the recorded owner is dead) instead of failing with 'in use'."""
+    import time as time_mod
+
+    from training import rundir
+    from training.rundir import LOCK_NAME, RunLock
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(f"PID {dead.pid}, started 2026-01-01 00:00:00: python -m training train")
+    # an orphan that holds the lock (as an inherited fd) for 2 s, like a dying DataLoader worker
+    orphan = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(2)", str(lock)],
+                              stdout=subprocess.PIPE, text=True)
+    assert orphan.stdout.readline().strip() == "held"
+    t0 = time_mod.monotonic()
+    with RunLock(tmp_path):
+        waited = time_mod.monotonic() - t0
+        assert lock.read_text().startswith(f"PID {os.getpid()},")
+    orphan.wait()
+    assert 1.0 < waited < rundir.ORPHAN_WAIT_S
+    # a live recorded owner is never waited for: the error comes at once
+    monkeypatch.setattr(rundir, "ORPHAN_WAIT_S", 60.0)
+    with RunLock(tmp_path):
+        t0 = time_mod.monotonic()
+        with pytest.raises(Exception, match="is in use by another run"):
+            RunLock(tmp_path).acquire()
+        assert time_mod.monotonic() - t0 < 5

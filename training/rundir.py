@@ -53,6 +53,21 @@ def ensure_output_dir(run: RunConfig) -> Path:
     return out
 
 
+#: seconds to wait for the leftover child processes of a dead run to release its lock
+ORPHAN_WAIT_S = 30.0
+
+
+def _recorded_pid_dead(holder: str) -> bool:
+    """True when the lock text names a PID (``"PID 123, ..."``) that no longer runs."""
+    if not holder.startswith("PID "):
+        return False
+    try:
+        pid = int(holder.split()[1].rstrip(","))
+    except (IndexError, ValueError):
+        return False
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
 def _pid_alive(pid: int) -> bool:
     if sys.platform.startswith("win"):
         return True  # os.kill(pid, 0) would terminate it on Windows; only used for a log message
@@ -88,15 +103,23 @@ class RunLock:
                               f"expected a folder this user can write to") from exc
         except OSError as exc:
             raise ConfigError(f"--output-dir: cannot write to {str(self.out_dir)!r}: {exc.strerror}") from exc
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            else:
-                import msvcrt
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while True:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                else:
+                    import msvcrt
 
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            holder = self._holder(fd) or "PID unknown"
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                break
+            except OSError:
+                holder = self._holder(fd) or "PID unknown"
+                # a killed run's DataLoader / worker processes inherit the lock and hold it until they notice
+                # their parent is gone (seconds): wait for them when the recorded owner is dead
+                if _recorded_pid_dead(holder) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
             os.close(fd)
             raise ConfigError(f"--output-dir: {str(self.out_dir)!r} is in use by another run ({holder}); "
                               f"wait for it to finish, stop it, or pass another --output-dir") from None
