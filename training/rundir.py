@@ -124,13 +124,8 @@ class RunLock:
             raise ConfigError(f"--output-dir: {str(self.out_dir)!r} is in use by another run ({holder}); "
                               f"wait for it to finish, stop it, or pass another --output-dir") from None
         previous = self._holder(fd)
-        if previous.startswith("PID "):
-            try:
-                pid = int(previous.split()[1])
-            except (IndexError, ValueError):
-                pid = None
-            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
-                logger.info("taking over the lock of a run that is no longer running (%s)", previous)
+        if _recorded_pid_dead(previous):
+            logger.info("taking over the lock of a run that is no longer running (%s)", previous)
         self._fd = fd
         self._write(f"PID {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                     f"python -m training {' '.join(sys.argv[1:])}"[:1000])
