@@ -38,6 +38,7 @@ def test_synthetic_preset_values():
     assert (cfg.height, cfg.width, cfg.vae_scale_factor, cfg.vae["block_out_channels"]) == (64, 48, 4, (16, 32, 32))
     assert cfg.scheduler == dict(tiny.scheduler, prediction_type="sample") and cfg.unet == tiny.unet
     assert cfg.loss == dataclasses.replace(tiny.loss, stage2_mask_weight=1.0)
+    assert cfg.swin.kwargs == dict(tiny.swin.kwargs, drop_path_rate=0.0)  # no stochastic depth in the toy Swin
 
 
 def test_paper_preset_values_and_config_dir():
