@@ -178,6 +178,44 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert all(torch.equal(oa["state"][i][k], ob["state"][i][k]) for i in oa["state"] for k in oa["state"][i])
 
 
+# ---------------------------------------------------------------------------------------------- mask warm-up
+def test_stage1_mask_warmup_trains_the_reference_encoder_alone_then_everything(tmp_path):
+    """``stage1.mask_warmup_steps``: the first steps are mask-loss-only try-off steps (the UNet is not run and
+    stays as built), then joint training starts with the learning-rate warm-up run again."""
+    from training.trainer import _lr_lambda
+
+    run = tiny_run(tmp_path / "run", "stage0.enabled=false", "stage1.max_steps=3", "stage1.mask_warmup_steps=2",
+                   "stage1.checkpoint_every=1", "stage1.keep_checkpoints=5", "stage1.vtoff_prob=0.0")
+    configure_torch(run)
+    acc = make_accelerator(run, cpu=True)
+    prepare_data(run, acc)
+    built = build_stage_model(run, 1).state_dict()
+    train_stage(run, 1, acc, resume=None)
+    rows = _log_rows(run.output_path / "stage1" / "log.csv")
+    # vtoff_prob 0: without the warm-up no step would have a try-off sample or a mask loss
+    assert [(float(r["diffusion"]), float(r["vtoff_fraction"])) for r in rows[:2]] == [(0.0, 1.0), (0.0, 1.0)]
+    assert all(float(r["mask"]) > 0 for r in rows[:2])
+    assert float(rows[2]["diffusion"]) > 0 and float(rows[2]["vtoff_fraction"]) == 0.0
+
+    def weights(step):
+        return load_file(str(run.output_path / "stage1" / "checkpoints" / f"step-{step:06d}" / "model.safetensors"))
+
+    w1, w2, w3 = weights(1), weights(2), weights(3)
+    unet = [k for k in w1 if k.startswith("unet.") and not k.startswith("unet.conv_in")]
+    ref = [k for k in w1 if k.startswith("reference_encoder.srm.")]
+    assert unet and ref
+    assert all(torch.equal(w1[k], built[k]) for k in unet), "the UNet is as built after a warm-up step"
+    assert all(torch.equal(w1[k], w2[k]) for k in unet), "the warm-up must not touch the UNet"
+    assert any(not torch.equal(w1[k], w2[k]) for k in ref), "the warm-up trains the TaskFormer"
+    assert any(not torch.equal(w2[k], w3[k]) for k in unet), "joint training starts after the warm-up"
+    lam = _lr_lambda(4, restart=2)
+    assert [lam(k) for k in range(6)] == [0.25, 0.5, 0.25, 0.5, 0.75, 1.0]
+    with pytest.raises(ConfigError, match="stage2.mask_warmup_steps"):
+        tiny_run(tmp_path / "x", "stage2.mask_warmup_steps=1")
+    with pytest.raises(ConfigError, match="fewer than stage1.max_steps"):
+        tiny_run(tmp_path / "x", "stage1.mask_warmup_steps=2")
+
+
 # ---------------------------------------------------------------------------------------------- CatVTON warm start
 def test_catvton_attention_layout_loads_into_every_attn1(tmp_path):
     from diffusers import UNet2DConditionModel

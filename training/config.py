@@ -135,6 +135,9 @@ class StageConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0                 # max gradient norm (0: off)
     vtoff_prob: float = 0.5                # share of try-off samples in every batch
+    mask_warmup_steps: int = 0             # stage 1 only: the first N steps train the reference encoder on the
+                                           # mask loss alone, every sample a try-off sample (no UNet, no VAE);
+                                           # the UNet's learning-rate warm-up starts after them (TRAINING.md)
     region_reference_height: int = 1024    # stage 2: the region sampler's kernel sizes are given at this height
     checkpoint_every: int = 1000           # optimiser steps between resumable checkpoints
     keep_checkpoints: int = 2              # older ones are deleted
@@ -270,7 +273,14 @@ class RunConfig:
             ints += [(p + n, getattr(s, n), lo) for n, lo in (
                 ("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0), ("checkpoint_every", 1),
                 ("keep_checkpoints", 1), ("log_every", 1), ("sample_every", 0), ("sample_steps", 1),
-                ("num_samples", 1))]
+                ("num_samples", 1), ("mask_warmup_steps", 0))]
+            warm = s.mask_warmup_steps if isinstance(s.mask_warmup_steps, int) else 0  # type checked below
+            if warm and i == 2:
+                raise ConfigError(f"stage2.mask_warmup_steps: expected 0 (stage 2 trains the mask head with the "
+                                  f"diffusion loss), got {s.mask_warmup_steps!r}")
+            if warm and isinstance(s.max_steps, int) and warm >= s.max_steps:
+                raise ConfigError(f"stage1.mask_warmup_steps: expected fewer than stage1.max_steps "
+                                  f"({s.max_steps}), got {s.mask_warmup_steps!r}")
             floats += [(p + n, getattr(s, n), 0.0, None, True) for n in ("lr_unet", "lr_new", "lr_swin",
                                                                           "weight_decay", "grad_clip")]
             floats += [(p + "vtoff_prob", s.vtoff_prob, 0.0, 1.0, True)]

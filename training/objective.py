@@ -102,10 +102,33 @@ class TrainingObjective(nn.Module):
         self.vae.eval()  # frozen, always in eval mode
         return self
 
-    def forward(self, batch: dict, seed: int) -> dict[str, torch.Tensor]:
-        return self.compute_loss(batch, generator=torch.Generator().manual_seed(seed))
+    def forward(self, batch: dict, seed: int, mask_only: bool = False) -> dict[str, torch.Tensor]:
+        return self.compute_loss(batch, generator=torch.Generator().manual_seed(seed), mask_only=mask_only)
 
-    def compute_loss(self, batch: dict, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def mask_only_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Stage 1's mask warm-up (``stage1.mask_warmup_steps``): every sample is a try-off sample and only the
+        garment-mask loss on TFQ_0 trains the reference encoder; the UNet and the VAE are not run.
+
+        Why: trained jointly from the start, the TaskFormer stays on the plateau where its mask ignores the
+        category (docs/TRAINING.md); trained on the mask alone it leaves it after a few hundred cheap steps."""
+        if self.components.stage != 1:
+            raise ConfigError(f"mask_only: expected stage 1 (the mask warm-up), got stage {self.components.stage}")
+        cfg = self.config
+        dev, dtype = self.reference_encoder.device, self.reference_encoder.dtype
+        person = batch["person"].to(dev, dtype)
+        garment_mask = batch["garment_mask"].to(dev, torch.float32)
+        cat_idx = batch["category_idx"].to(dev).long()
+        every = torch.ones(person.shape[0], dtype=torch.bool, device=dev)
+        feats = self.reference_encoder(person, cat_idx, with_srm=True)
+        l_mask = mask_loss(feats.srm.tfq0_logits, garment_mask, every,
+                           dice_weight=cfg.loss.dice_weight, bce_weight=cfg.loss.bce_weight)
+        zero = l_mask.detach().new_zeros(())
+        return {"loss": l_mask, "diffusion": zero, "mask": l_mask.detach(), "vtoff_fraction": every.float().mean()}
+
+    def compute_loss(self, batch: dict, *, generator: torch.Generator | None = None,
+                     mask_only: bool = False) -> dict[str, torch.Tensor]:
+        if mask_only:
+            return self.mask_only_loss(batch)
         cfg = self.config
         dev = next(self.unet.parameters()).device
         dtype = next(self.unet.parameters()).dtype

@@ -311,6 +311,12 @@ def _pieces(rng: np.random.Generator, kind: str) -> list[_Piece]:
     return pieces
 
 
+#: stripe / check / dot period in canonical units (about the person's height). At the toy's 64x48 canvas and 4x
+#: VAE, 0.12 is 7.7 px, two latent cells: patterns this coarse survive the VAE and can stay recognisable in the
+#: model's output; the earlier 0.03-0.07 (2-4.5 px) was averaged to a flat colour before the UNet saw it.
+PATTERN_PERIOD = (0.12, 0.20)
+
+
 def _texture(rng: np.random.Generator, C: int, category: str, kind: str) -> np.ndarray:
     """Garment pattern on the canonical canvas: (C, C, 3) uint8."""
     u = rng.uniform
@@ -320,7 +326,7 @@ def _texture(rng: np.random.Generator, C: int, category: str, kind: str) -> np.n
     uy, ux = np.meshgrid(coords, coords - 0.5, indexing="ij")   # (C, C) canonical units
     pattern = rng.choice(["solid", "hstripes", "vstripes", "dots", "checks", "diagonal"],
                          p=[0.25, 0.2, 0.1, 0.2, 0.1, 0.15])
-    period, phase = u(0.03, 0.07), u(0, 1)
+    period, phase = u(*PATTERN_PERIOD), u(0, 1)
     if pattern == "hstripes":
         sel = ((uy / period + phase) % 1.0) < u(0.3, 0.6)
     elif pattern == "vstripes":

@@ -346,8 +346,10 @@ class EMA:
             self.updates = int((f.metadata() or {}).get("updates", 0))
 
 
-def _lr_lambda(warmup: int):
-    return lambda k: min(1.0, (k + 1) / max(1, warmup))  # linear warm-up, then constant (spec #32)
+def _lr_lambda(warmup: int, restart: int = 0):
+    """Linear warm-up, then constant (spec #32); with a stage-1 mask warm-up of ``restart`` steps the warm-up
+    runs again from there, when the UNet and the diffusion loss join."""
+    return lambda k: min(1.0, ((k if k < restart else k - restart) + 1) / max(1, warmup))
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -461,7 +463,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     groups = parameter_groups(model, s)
     group_names = [g["name"] for g in groups]
     optimizer = torch.optim.AdamW(groups, betas=tuple(s.betas), weight_decay=s.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(s.warmup_steps))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(s.warmup_steps, s.mask_warmup_steps))
     noise_scheduler = DDPMScheduler.from_config(model.config.scheduler)
     objective = TrainingObjective(model, noise_scheduler, vtoff_prob=s.vtoff_prob,
                                   region_reference_height=s.region_reference_height).train()
@@ -518,9 +520,10 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
             batch = next(batches)
             seed = _seed_from("step", run.seed, stage, step, micro, rank)
             sync = micro == s.grad_accum - 1
+            mask_only = step < s.mask_warmup_steps  # stage 1's mask warm-up (the config refuses it in stage 2)
             with seeded_rng(_seed_from("global-rng", run.seed, stage, step, micro, rank), accelerator.device), \
                     (nullcontext() if sync or world == 1 else accelerator.no_sync(objective)):
-                parts = objective(batch, seed)
+                parts = objective(batch, seed, mask_only)
                 accelerator.backward(parts["loss"] / s.grad_accum)
             sums += torch.stack([parts[k].detach().float().cpu()
                                  for k in ("loss", "diffusion", "mask", "vtoff_fraction")])
