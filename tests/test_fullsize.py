@@ -108,6 +108,29 @@ def test_folders_holding_only_the_fp16_variant_load_exactly(cfg, tmp_path):
                {k: v for k, v in wf.state(want).items() if not k.endswith("position_ids")})
 
 
+def test_base_files_in_fp16_build_an_fp32_model_that_trains_under_bf16_autocast(cfg, tmp_path):
+    """transformers 5 keeps a file's dtype: fp16 CLIP / text-encoder folders gave fp16 modules, and the first
+    training step under CPU bf16 autocast failed in CLIP ("Unexpected floating ScalarType"). The trainer's start
+    (build_from_sources) is fp32 throughout."""
+    from twgtm.weights import BaseSources, build_from_sources
+
+    sd = wf.diffusers_root(cfg, tmp_path / "sd")
+    for sub in ("unet", "vae", "text_encoder"):  # only the fp16 files, as a variant="fp16" download leaves them
+        module = {"unet": wf.plain_unet, "vae": wf.plain_vae, "text_encoder": wf.clip_text}[sub](cfg)
+        for f in (sd / sub).glob("*.safetensors"):
+            f.unlink()
+        module.half().save_pretrained(sd / sub, variant="fp16")
+    wf.clip_vision(cfg).half().save_pretrained(tmp_path / "clip")
+    model = build_from_sources(cfg, BaseSources(unet=str(sd), vae=str(sd), clip_vision=str(tmp_path / "clip"),
+                                                text_encoder=str(sd)))
+    floats = {p.dtype for p in model.state_dict().values() if p.is_floating_point()}
+    assert floats == {torch.float32}
+    image = torch.rand(1, 3, cfg.height, cfg.width) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = model.reference_encoder.sam.encode_image(image)
+    assert feats.shape[0] == 1 and torch.isfinite(feats.float()).all()
+
+
 # ----------------------------------------------------------------------------- full size (TWGTM_FULLSIZE=1)
 fullsize = pytest.mark.skipif(os.environ.get("TWGTM_FULLSIZE") != "1",
                               reason="full-size fixtures: set TWGTM_FULLSIZE=1 (minutes, ~10 GB RAM, ~9 GB disk)")

@@ -701,8 +701,12 @@ def _swin_file(src: _Hub | Path, arg: str) -> Path:
     return src
 
 
-def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMComponents:
-    """A fresh (untrained TWGTM parts) model on pretrained base components: the paper recipe's start."""
+def build_from_sources(cfg: TWGTMConfig, sources: BaseSources, *, dtype: torch.dtype = torch.float32) -> TWGTMComponents:
+    """A fresh (untrained TWGTM parts) model on pretrained base components: the paper recipe's start.
+
+    Every component is cast to ``dtype`` (fp32 for training: the weights stay fp32 under bf16 autocast), whatever
+    the files hold: transformers 5 keeps a file's own dtype, so an fp16 CLIP or text-encoder file would otherwise
+    give fp16 modules, which CPU bf16 autocast refuses ("Unexpected floating ScalarType in autocast::prioritize")."""
     missing = [n for n in ("unet", "vae", "clip_vision", "text_encoder") if getattr(sources, n) is None]
     if missing:
         raise MissingFileError(f"base components: expected sources for {missing}")
@@ -712,7 +716,7 @@ def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMComponent
                                   tokenizer=tok)
     if sources.swin:
         load_swin_weights(model, sources.swin)
-    return model
+    return model.to(dtype)
 
 
 def describe(path: str | os.PathLike) -> dict:
