@@ -82,8 +82,26 @@ def make_accelerator(run: RunConfig, *, cpu: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(mixed_precision=run.mixed_precision, cpu=cpu,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=cpu,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    _check_fsdp(accelerator)
+    return accelerator
+
+
+def _check_fsdp(accelerator) -> None:
+    """``accelerate launch`` with an FSDP config sets ACCELERATE_USE_FSDP; accelerate (1.15) turns it into FSDP only
+    on GPUs and other accelerators, and on CPU processes silently runs plain DDP (every process a whole copy).
+    Refuse that instead of training with the memory the user sized FSDP to avoid."""
+    from accelerate.utils import DistributedType
+
+    wanted = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    if wanted and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
+        import accelerate
+
+        raise ConfigError(f"FSDP: expected accelerate to shard the model (ACCELERATE_USE_FSDP is set), got "
+                          f"distributed type {accelerator.distributed_type.value} on {accelerator.device}: accelerate "
+                          f"{accelerate.__version__} applies FSDP only on GPUs/accelerators, not on CPU processes; "
+                          f"use configs/accelerate/multi_gpu.yaml (DDP) there")
 
 
 def _seed_from(*parts: Any) -> int:
@@ -375,6 +393,26 @@ def find_checkpoint(run: RunConfig, stage: int, resume: Optional[str]) -> Option
     return p
 
 
+def _is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _components_state(objective_state: dict[str, torch.Tensor], include_base: bool) -> dict[str, torch.Tensor]:
+    """The objective's full state dict (``unet.*``, ``vae.*``, ``reference_encoder.*``: its submodules) under
+    the TWGTM file keys of :meth:`TWGTMComponents.state_dict` (``unet.*``, ``vae.*``, reference encoder bare)."""
+    from twgtm.components import is_trained_key
+
+    out = {}
+    for k, v in objective_state.items():
+        if k.startswith("reference_encoder."):
+            k = k[len("reference_encoder."):]
+        if include_base or is_trained_key(k):
+            out[k] = v
+    return out
+
+
 def checkpoint_keys(model: nn.Module) -> set[str]:
     """The state-dict keys a training checkpoint holds: the trainable parameters and every buffer. The frozen
     base weights (UNet convolutions and resnets, VAE, CLIP: 5.5 GB of the 7 GB fp32 model at full size) are not
@@ -514,7 +552,12 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
 def _train_prepared(run, stage, accelerator, s, total, out, ckpt_root, final_path, t_start, model, groups, group_names,
                     objective, optimizer, lr_schedule, resume, stop_after) -> StageResult:
     raw_model: TWGTMComponents = accelerator.unwrap_model(objective).components
-    trainable = [p for g in groups for p in g["params"]]
+    # the optimiser's own parameters: under FSDP they are the sharded ones that replaced the module's originals
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    fsdp = _is_fsdp(accelerator)
+    if fsdp and s.ema_decay:
+        raise ConfigError(f"stage{stage}.ema_decay: expected null with FSDP (the EMA keeps whole tensors), got "
+                          f"{s.ema_decay}")
     ema = EMA(trainable, s.ema_decay) if s.ema_decay else None
     logger.info("stage %d: %s trainable parameters in groups %s", stage,
                 f"{sum(p.numel() for p in trainable):,}", group_names)
@@ -549,7 +592,11 @@ def _train_prepared(run, stage, accelerator, s, total, out, ckpt_root, final_pat
                         persistent_workers=run.data.num_workers > 0,
                         generator=torch.Generator().manual_seed(_seed_from("loader", run.seed, stage, rank)))
     batches = iter(loader)
-    sample_items = _sample_items(run, raw_model.config, s) if accelerator.is_main_process and s.sample_every else None
+    if fsdp and s.sample_every:
+        logger.warning("stage %d: no sample grids with FSDP (sampling on rank 0 alone would wait for the other "
+                       "ranks' shards); evaluate the stage's model.safetensors instead", stage)
+    sample_items = _sample_items(run, raw_model.config, s) \
+        if accelerator.is_main_process and s.sample_every and not fsdp else None
 
     # 4. loop
     fields = ["step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm"] + \
@@ -621,8 +668,10 @@ def _train_prepared(run, stage, accelerator, s, total, out, ckpt_root, final_pat
     # 5. the stage's weights (the averaged ones with EMA)
     if ema is not None:
         ema.swap()
+    # FSDP: the whole tensors are gathered from the shards (a collective: every rank takes part)
+    state = _components_state(accelerator.get_state_dict(objective), run.export.include_base) if fsdp else None
     if accelerator.is_main_process:
-        save_twgtm(raw_model, final_path, include_base=run.export.include_base,
+        save_twgtm(raw_model, final_path, include_base=run.export.include_base, state=state,
                    extra_metadata={"run": run.name, "steps": str(step)})
         logger.info("stage %d: weights written to %s", stage, final_path)
     accelerator.wait_for_everyone()

@@ -48,8 +48,10 @@ _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 # ----------------------------------------------------------------------------- TWGTM files
 def save_twgtm(components: TWGTMComponents, path: str | os.PathLike, *, include_base: bool = False,
-               extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` to one ``.safetensors`` file with its config in the metadata."""
+               extra_metadata: dict[str, str] | None = None,
+               state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` to one ``.safetensors`` file with its config in the metadata. ``state``: the tensors
+    to write instead of ``components.state_dict(include_base=...)`` (same keys), e.g. gathered from shards."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"path: expected a file name ending in .safetensors, got {str(path)!r}")
@@ -60,7 +62,8 @@ def save_twgtm(components: TWGTMComponents, path: str | os.PathLike, *, include_
     if not ref.sam.prompts.is_built:
         raise WeightsError("model: expected the category prompts to be built before saving "
                            "(call reference_encoder.sam.prompts.build(text_encoder, tokenizer)), got unbuilt prompts")
-    state = components.state_dict(include_base=include_base)
+    if state is None:
+        state = components.state_dict(include_base=include_base)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     # the stage is the config's (one source of truth); files of this format written before the components
     # also carry a "stage" metadata entry, which load_twgtm checks against the config
