@@ -346,6 +346,48 @@ def test_two_gloo_processes_shard_the_items_and_merge_on_rank0(tmp_path, synthet
     assert json.loads((out / "evaluation.json").read_text())["protocols"]["vtoff"]["items"] == 4
 
 
+def _launched_evaluate_worker(rank, world, port, argv, out):
+    """One process of ``accelerate launch -m training evaluate ...``: only the launcher's environment
+    (RANK, WORLD_SIZE, MASTER_ADDR/PORT), no process group; counts the items this process generates."""
+    import os as _os
+
+    from training import cli
+    from training import evaluate as E
+
+    _os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    counted, real = [], E.run_model
+
+    def run_model(model, person, *a, **kw):
+        counted.append(len(person))
+        return real(model, person, *a, **kw)
+
+    E.run_model = run_model
+    assert cli.main(argv) == 0
+    (Path(out) / f"generated-rank{rank}.json").write_text(json.dumps(sum(counted)))
+
+
+def test_evaluate_under_accelerate_launch_shards_over_the_processes(tmp_path, synthetic_root, no_backbones):
+    """``accelerate launch -m training evaluate`` starts N processes with only environment variables: the command
+    initialises the process group itself, so each process generates its share of the items (not all of them)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    ckpt = save_twgtm(make_tiny_model(1), tmp_path / "m.safetensors", include_base=True)
+    out = tmp_path / "ev"
+    out.mkdir()
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--data", str(synthetic_root), "--out", str(out), "--protocol",
+            "vtoff", "--steps", "1", "--batch-size", "1", "--weights-dir", str(no_backbones), "--device", "cpu"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_launched_evaluate_worker, args=(2, port, argv, str(out)), nprocs=2, join=True)
+    assert [json.loads((out / f"generated-rank{r}.json").read_text()) for r in (0, 1)] == [2, 2]
+    assert json.loads((out / "evaluation.json").read_text())["protocols"]["vtoff"]["items"] == 4
+
+
 _RSS_SCRIPT = r"""
 import json, resource, sys
 import torch

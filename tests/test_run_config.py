@@ -70,6 +70,12 @@ def test_set_overrides_interpolation_and_yaml_values(tmp_path):
     assert run.resolve("${output_dir}/data") == f"{tmp_path}/exp/data"
     assert RunConfig().output_path == Path("runs/run")               # built in code: resolved on use
 
+    # an entry of a list by its index (the paper preset's dataset roots from the command line)
+    paper = load_run_config(CONFIGS / "paper_vitonhd_dresscode.yaml",
+                            [f"data.datasets.0.root={tmp_path}/v", f"data.datasets.1.root={tmp_path}/d"])
+    assert [(d.kind, d.root, d.categories) for d in paper.data.datasets] == [
+        ("vitonhd", f"{tmp_path}/v", None), ("dresscode", f"{tmp_path}/d", ["upper_body", "lower_body", "dresses"])]
+
     # a section the file does not have is created with its defaults
     paper = load_run_config(CONFIGS / "paper_vitonhd_dresscode.yaml", ["data.synthetic.n_train=4"])
     assert paper.data.synthetic == SyntheticSpec(root="runs/paper/data", n_train=4)
@@ -110,6 +116,8 @@ def test_dump_is_the_effective_config_and_loads_back(tmp_path):
     ("data.synthetic.categories=upper", "data.synthetic.categories: expected a list (a string each), got 'upper'"),
     ("data.datasets=[{kind: vitonhd, root: r, kidn: 1}]", "data.datasets[0]: unknown keys ['kidn']"),
     ("data.datasets=[{kind: vitonhd, root: [1]}]", "data.datasets[0].root: expected a string, got [1]"),
+    ("data.datasets.0.root=r", "data.datasets: expected an index of an existing entry (none: the list is empty"),
+    ("data.datasets.x=r", "data.datasets: expected list indices"),
     ("model.overrides=5", "model.overrides: expected a mapping, got 5"),
     ("weights.unet=${nope}/x", "weights.unet: expected ${...} to name keys of the run"),
     ("seed=${name}", "seed: expected ${...} to name keys of the run"),

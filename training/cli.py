@@ -396,10 +396,28 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _launched_device(requested: Optional[str]) -> Optional[str]:
+    """Under ``accelerate launch`` / torchrun (``WORLD_SIZE`` > 1): initialise the process group the way the
+    trainer's Accelerator does (accelerate's ``PartialState``: gloo on CPU, NCCL on GPUs), so that evaluation
+    shards its items over the processes, and return this process's device (``cuda:<LOCAL_RANK>``; every process
+    would otherwise take cuda:0). Without a launcher: ``requested`` as given."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return requested
+    from accelerate import PartialState
+
+    state = PartialState(cpu=requested == "cpu")
+    logger.info("evaluate: process %d of %d on %s", state.process_index, state.num_processes, state.device)
+    return requested if requested not in (None, "cuda") else str(state.device)
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
     from .evaluate import EvalOptions, evaluate_checkpoint
+
+    args.device = _launched_device(args.device)
 
     base, opts = None, EvalOptions()
     if args.config:

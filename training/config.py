@@ -401,8 +401,40 @@ def _empty_sections_as_defaults(data: dict[str, Any], cls: type) -> dict[str, An
     return data
 
 
+def _index_into_lists(data: dict[str, Any], base: Any, path: str) -> dict[str, Any]:
+    """``--set data.datasets.0.root=x`` arrives as ``{"datasets": {"0": {"root": x}}}``; where the config holds a
+    list there, it becomes that list with entry 0 updated (OmegaConf's merge cannot put a mapping onto a list)."""
+    for key, value in list(data.items()):
+        sub = base.get(key) if isinstance(base, dict) else None
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict) and isinstance(sub, list):
+            if not all(str(k).isdigit() for k in value):
+                raise ConfigError(f"{where}: expected list indices after '{where}.', got {sorted(map(str, value))}")
+            merged = list(sub)
+            for k, v in value.items():
+                i = int(k)
+                if i >= len(sub):
+                    have = f"0..{len(sub) - 1}" if sub else "none: the list is empty; set the whole list"
+                    raise ConfigError(f"{where}: expected an index of an existing entry ({have}), got {i}")
+                merged[i] = _deep_update(merged[i], v)
+            data[key] = merged
+        elif isinstance(value, dict) and isinstance(sub, dict):
+            _index_into_lists(value, sub, where)
+    return data
+
+
+def _deep_update(base: Any, value: Any) -> Any:
+    if isinstance(base, dict) and isinstance(value, dict):
+        out = dict(base)
+        for k, v in value.items():
+            out[k] = _deep_update(out.get(k), v)
+        return out
+    return value
+
+
 def _merge(cfg: DictConfig, layer: DictConfig) -> DictConfig:
     data = _empty_sections_as_defaults(OmegaConf.to_container(layer), RunConfig)
+    data = _index_into_lists(data, OmegaConf.to_container(cfg, resolve=False), "")
     try:
         return OmegaConf.merge(cfg, data)
     except OmegaConfBaseException as exc:

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "make_accelerator", "configure_torch", "model_config", "base_sources", "build_stage1_model",
     "load_catvton_attention", "ResumableBatchSampler", "train_stage", "stage_model_path", "find_checkpoint",
-    "export_model", "StageResult", "seeded_rng",
+    "export_model", "StageResult", "seeded_rng", "checkpoint_keys",
 ]
 
 STATE_FILE = "trainer_state.json"
@@ -82,8 +82,26 @@ def make_accelerator(run: RunConfig, *, cpu: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(mixed_precision=run.mixed_precision, cpu=cpu,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=cpu,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    _check_fsdp(accelerator)
+    return accelerator
+
+
+def _check_fsdp(accelerator) -> None:
+    """``accelerate launch`` with an FSDP config sets ACCELERATE_USE_FSDP; accelerate (1.15) turns it into FSDP only
+    on GPUs and other accelerators, and on CPU processes silently runs plain DDP (every process a whole copy).
+    Refuse that instead of training with the memory the user sized FSDP to avoid."""
+    from accelerate.utils import DistributedType
+
+    wanted = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    if wanted and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
+        import accelerate
+
+        raise ConfigError(f"FSDP: expected accelerate to shard the model (ACCELERATE_USE_FSDP is set), got "
+                          f"distributed type {accelerator.distributed_type.value} on {accelerator.device}: accelerate "
+                          f"{accelerate.__version__} applies FSDP only on GPUs/accelerators, not on CPU processes; "
+                          f"use configs/accelerate/multi_gpu.yaml (DDP) there")
 
 
 def _seed_from(*parts: Any) -> int:
@@ -377,6 +395,73 @@ def find_checkpoint(run: RunConfig, stage: int, resume: Optional[str]) -> Option
     return p
 
 
+def _is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _components_state(objective_state: dict[str, torch.Tensor], include_base: bool) -> dict[str, torch.Tensor]:
+    """The objective's full state dict (``unet.*``, ``vae.*``, ``reference_encoder.*``: its submodules) under
+    the TWGTM file keys of :meth:`TWGTMComponents.state_dict` (``unet.*``, ``vae.*``, reference encoder bare)."""
+    from twgtm.components import is_trained_key
+
+    out = {}
+    for k, v in objective_state.items():
+        if k.startswith("reference_encoder."):
+            k = k[len("reference_encoder."):]
+        if include_base or is_trained_key(k):
+            out[k] = v
+    return out
+
+
+def checkpoint_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys a training checkpoint holds: the trainable parameters and every buffer. The frozen
+    base weights (UNet convolutions and resnets, VAE, CLIP: 5.5 GB of the 7 GB fp32 model at full size) are not
+    written: a resumed run rebuilds them exactly from the same sources (base files, stage 1's weights)."""
+    model = _unwrap_ddp(model)
+    return {k for k, v in model.state_dict(keep_vars=True).items()
+            if not isinstance(v, nn.Parameter) or v.requires_grad}
+
+
+def _unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper: accelerate writes and reads checkpoints with the unwrapped names (no
+    ``module.`` prefix), so the trained-tensor keys must be those too (2 processes failed to resume without)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _save_trained_only(models: list, weights: list, output_dir: str) -> None:
+    """accelerate ``save_state`` pre-hook: drop the frozen parameters from the model states it writes."""
+    for model, state in zip(models, weights):
+        keep = checkpoint_keys(model)
+        for k in [k for k in state if k not in keep]:
+            del state[k]
+
+
+def _load_checkpoint_model(accelerator, model: nn.Module, ckpt: Path) -> None:
+    """``accelerator.load_state`` of a checkpoint written with :func:`_save_trained_only`: the file must hold
+    every trainable parameter and buffer of ``model`` (tensors shared under two names: either name)."""
+    from safetensors import safe_open
+
+    path = ckpt / "model.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            in_file = set(f.keys())
+        model = _unwrap_ddp(model)
+        sd = model.state_dict(keep_vars=True)
+        by_storage: dict[tuple, list[str]] = {}
+        for k in sorted(checkpoint_keys(model)):
+            v = sd[k]
+            by_storage.setdefault((v.data_ptr(), tuple(v.shape)) if v.numel() else (k,), []).append(k)
+        missing = [names[0] for names in by_storage.values() if not in_file.intersection(names)]
+        if missing:
+            raise WeightsError(f"--resume {str(ckpt)!r}: the checkpoint lacks {len(missing)} trained tensors of this "
+                               f"model, e.g. {missing[:3]}; expected a checkpoint of the same run and stage")
+    accelerator.load_state(str(ckpt), strict=False)  # the frozen base weights are the ones just rebuilt
+
+
 def _save_checkpoint(accelerator, ckpt_root: Path, step: int, state: dict, keep: int, extra=None) -> Path:
     path = ckpt_root / f"step-{step:06d}"
     if accelerator.is_main_process and path.exists():
@@ -468,8 +553,23 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     objective = TrainingObjective(model, noise_scheduler, vtoff_prob=s.vtoff_prob,
                                   region_reference_height=s.region_reference_height).train()
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    save_hook = accelerator.register_save_state_pre_hook(_save_trained_only)
+    try:
+        return _train_prepared(run, stage, accelerator, s, total, out, ckpt_root, final_path, t_start, model, groups,
+                               group_names, objective, optimizer, lr_schedule, resume, stop_after)
+    finally:
+        save_hook.remove()
+
+
+def _train_prepared(run, stage, accelerator, s, total, out, ckpt_root, final_path, t_start, model, groups, group_names,
+                    objective, optimizer, lr_schedule, resume, stop_after) -> StageResult:
     raw_model: TWGTMComponents = accelerator.unwrap_model(objective).components
-    trainable = [p for g in groups for p in g["params"]]
+    # the optimiser's own parameters: under FSDP they are the sharded ones that replaced the module's originals
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    fsdp = _is_fsdp(accelerator)
+    if fsdp and s.ema_decay:
+        raise ConfigError(f"stage{stage}.ema_decay: expected null with FSDP (the EMA keeps whole tensors), got "
+                          f"{s.ema_decay}")
     ema = EMA(trainable, s.ema_decay) if s.ema_decay else None
     logger.info("stage %d: %s trainable parameters in groups %s", stage,
                 f"{sum(p.numel() for p in trainable):,}", group_names)
@@ -482,7 +582,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
         if int(state.get("stage", stage)) != stage:
             raise ConfigError(f"--resume: expected a stage-{stage} checkpoint, got {str(ckpt)!r} "
                               f"(stage {state.get('stage')})")
-        accelerator.load_state(str(ckpt))
+        _load_checkpoint_model(accelerator, objective, ckpt)
         lr_schedule.load_state_dict(state["lr_schedule"])
         if ema is not None:
             ema.load(ckpt / "ema.safetensors")
@@ -504,7 +604,11 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
                         persistent_workers=run.data.num_workers > 0,
                         generator=torch.Generator().manual_seed(_seed_from("loader", run.seed, stage, rank)))
     batches = iter(loader)
-    sample_items = _sample_items(run, raw_model.config, s) if accelerator.is_main_process and s.sample_every else None
+    if fsdp and s.sample_every:
+        logger.warning("stage %d: no sample grids with FSDP (sampling on rank 0 alone would wait for the other "
+                       "ranks' shards); evaluate the stage's model.safetensors instead", stage)
+    sample_items = _sample_items(run, raw_model.config, s) \
+        if accelerator.is_main_process and s.sample_every and not fsdp else None
 
     # 4. loop
     fields = ["step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm"] + \
@@ -577,8 +681,10 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     # 5. the stage's weights (the averaged ones with EMA)
     if ema is not None:
         ema.swap()
+    # FSDP: the whole tensors are gathered from the shards (a collective: every rank takes part)
+    state = _components_state(accelerator.get_state_dict(objective), run.export.include_base) if fsdp else None
     if accelerator.is_main_process:
-        save_twgtm(raw_model, final_path, include_base=run.export.include_base,
+        save_twgtm(raw_model, final_path, include_base=run.export.include_base, state=state,
                    extra_metadata={"run": run.name, "steps": str(step)})
         logger.info("stage %d: weights written to %s", stage, final_path)
     accelerator.wait_for_everyone()

@@ -48,8 +48,10 @@ _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 # ----------------------------------------------------------------------------- TWGTM files
 def save_twgtm(components: TWGTMComponents, path: str | os.PathLike, *, include_base: bool = False,
-               extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` to one ``.safetensors`` file with its config in the metadata."""
+               extra_metadata: dict[str, str] | None = None,
+               state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` to one ``.safetensors`` file with its config in the metadata. ``state``: the tensors
+    to write instead of ``components.state_dict(include_base=...)`` (same keys), e.g. gathered from shards."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"path: expected a file name ending in .safetensors, got {str(path)!r}")
@@ -60,7 +62,8 @@ def save_twgtm(components: TWGTMComponents, path: str | os.PathLike, *, include_
     if not ref.sam.prompts.is_built:
         raise WeightsError("model: expected the category prompts to be built before saving "
                            "(call reference_encoder.sam.prompts.build(text_encoder, tokenizer)), got unbuilt prompts")
-    state = components.state_dict(include_base=include_base)
+    if state is None:
+        state = components.state_dict(include_base=include_base)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     # the stage is the config's (one source of truth); files of this format written before the components
     # also carry a "stage" metadata entry, which load_twgtm checks against the config
@@ -701,8 +704,12 @@ def _swin_file(src: _Hub | Path, arg: str) -> Path:
     return src
 
 
-def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMComponents:
-    """A fresh (untrained TWGTM parts) model on pretrained base components: the paper recipe's start."""
+def build_from_sources(cfg: TWGTMConfig, sources: BaseSources, *, dtype: torch.dtype = torch.float32) -> TWGTMComponents:
+    """A fresh (untrained TWGTM parts) model on pretrained base components: the paper recipe's start.
+
+    Every component is cast to ``dtype`` (fp32 for training: the weights stay fp32 under bf16 autocast), whatever
+    the files hold: transformers 5 keeps a file's own dtype, so an fp16 CLIP or text-encoder file would otherwise
+    give fp16 modules, which CPU bf16 autocast refuses ("Unexpected floating ScalarType in autocast::prioritize")."""
     missing = [n for n in ("unet", "vae", "clip_vision", "text_encoder") if getattr(sources, n) is None]
     if missing:
         raise MissingFileError(f"base components: expected sources for {missing}")
@@ -712,7 +719,7 @@ def build_from_sources(cfg: TWGTMConfig, sources: BaseSources) -> TWGTMComponent
                                   tokenizer=tok)
     if sources.swin:
         load_swin_weights(model, sources.swin)
-    return model
+    return model.to(dtype)
 
 
 def describe(path: str | os.PathLike) -> dict:
