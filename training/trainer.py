@@ -419,17 +419,13 @@ def checkpoint_keys(model: nn.Module) -> set[str]:
     """The state-dict keys a training checkpoint holds: the trainable parameters and every buffer. The frozen
     base weights (UNet convolutions and resnets, VAE, CLIP: 5.5 GB of the 7 GB fp32 model at full size) are not
     written: a resumed run rebuilds them exactly from the same sources (base files, stage 1's weights)."""
-    model = _unwrap_ddp(model)
+    from accelerate.utils import extract_model_from_parallel
+
+    # accelerate writes and reads checkpoints with the unwrapped names (no DDP ``module.`` prefix): so must we
+    # (2 processes failed to resume without)
+    model = extract_model_from_parallel(model)
     return {k for k, v in model.state_dict(keep_vars=True).items()
             if not isinstance(v, nn.Parameter) or v.requires_grad}
-
-
-def _unwrap_ddp(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper: accelerate writes and reads checkpoints with the unwrapped names (no
-    ``module.`` prefix), so the trained-tensor keys must be those too (2 processes failed to resume without)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _save_trained_only(models: list, weights: list, output_dir: str) -> None:
@@ -449,8 +445,7 @@ def _load_checkpoint_model(accelerator, model: nn.Module, ckpt: Path) -> None:
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
             in_file = set(f.keys())
-        model = _unwrap_ddp(model)
-        sd = model.state_dict(keep_vars=True)
+        sd = accelerator.unwrap_model(model).state_dict(keep_vars=True)
         by_storage: dict[tuple, list[str]] = {}
         for k in sorted(checkpoint_keys(model)):
             v = sd[k]
