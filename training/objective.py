@@ -105,6 +105,12 @@ class TrainingObjective(nn.Module):
     def forward(self, batch: dict, seed: int, mask_only: bool = False) -> dict[str, torch.Tensor]:
         return self.compute_loss(batch, generator=torch.Generator().manual_seed(seed), mask_only=mask_only)
 
+    def _mask_loss(self, feats, garment_mask: torch.Tensor, vtoff: torch.Tensor) -> torch.Tensor:
+        """Eq. 15 on every unit's TFQ_0, for the samples ``vtoff`` marks (the joint step and the warm-up)."""
+        loss = self.config.loss
+        return mask_loss(feats.srm.tfq0_logits, garment_mask, vtoff, dice_weight=loss.dice_weight,
+                         bce_weight=loss.bce_weight)
+
     def mask_only_loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """Stage 1's mask warm-up (``stage1.mask_warmup_steps``): every sample is a try-off sample and only the
         garment-mask loss on TFQ_0 trains the reference encoder; the UNet and the VAE are not run.
@@ -113,15 +119,13 @@ class TrainingObjective(nn.Module):
         category (docs/TRAINING.md); trained on the mask alone it leaves it after a few hundred cheap steps."""
         if self.components.stage != 1:
             raise ConfigError(f"mask_only: expected stage 1 (the mask warm-up), got stage {self.components.stage}")
-        cfg = self.config
         dev, dtype = self.reference_encoder.device, self.reference_encoder.dtype
         person = batch["person"].to(dev, dtype)
         garment_mask = batch["garment_mask"].to(dev, torch.float32)
         cat_idx = batch["category_idx"].to(dev).long()
         every = torch.ones(person.shape[0], dtype=torch.bool, device=dev)
         feats = self.reference_encoder(person, cat_idx, with_srm=True)
-        l_mask = mask_loss(feats.srm.tfq0_logits, garment_mask, every,
-                           dice_weight=cfg.loss.dice_weight, bce_weight=cfg.loss.bce_weight)
+        l_mask = self._mask_loss(feats, garment_mask, every)
         zero = l_mask.detach().new_zeros(())
         return {"loss": l_mask, "diffusion": zero, "mask": l_mask.detach(), "vtoff_fraction": every.float().mean()}
 
@@ -192,8 +196,7 @@ class TrainingObjective(nn.Module):
             raise ConfigError(f"scheduler.prediction_type: expected one of {PREDICTION_TYPES}, got {kind!r}")
         l_diff = diffusion_loss(pred, loss_target, region=cfg.loss.loss_region, concat_dim=cfg.concat_dim)
         if need_srm and mask_w > 0:
-            l_mask = mask_loss(feats.srm.tfq0_logits, garment_mask, vtoff,
-                               dice_weight=cfg.loss.dice_weight, bce_weight=cfg.loss.bce_weight)
+            l_mask = self._mask_loss(feats, garment_mask, vtoff)
         else:
             l_mask = l_diff.new_zeros(())
         return {"loss": l_diff + mask_w * l_mask, "diffusion": l_diff.detach(), "mask": l_mask.detach(),
