@@ -10,12 +10,11 @@
    batch 1 and at the first size with batch 2, with and without gradient checkpointing. Memory: the forward's
    peak RSS increase over the loaded model (VmHWM reset before it; glibc is made to map every allocation of 64 KiB
    or more on its own, so freed tensors leave the RSS and the peak is the live tensors' peak): activations,
-   autocast's bf16 copies of the fp32 trained weights, temporaries; under checkpointing one block's internals,
-   which backward recomputes the same way. Backward's peak (gradients allocated as activations are freed) is
-   recorded beside it. The forward peak is modelled as ``c + n*(k + a*s)`` (``n`` samples, ``s`` the pixel ratio
-   to the first size; flash attention keeps no score matrix, so memory grows with the pixels, not their square;
-   CLIP at 224 px and the Q-Former do not grow): ``a`` from the two largest sizes, ``k`` from batch 2, and
-   evaluated at 1024x768 and ``--batch``. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over the
+   autocast's bf16 copies of the fp32 trained weights, temporaries. Backward's peak (gradients allocated as activations are freed) is
+   measured too; under checkpointing it is the larger (the recomputed block and the activations' gradients).
+   The larger of the two (backward's less the gradients) is modelled as ``c + n*(k + a*s)`` (``n``
+   samples, ``s`` the pixel ratio to the first size; flash attention keeps no score matrix, so memory grows with
+   the pixels, not their square): see ``extrapolate``. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over the
    checkpointed step (the recomputed forward included; the CPU flash-attention ops, which the stock counter
    leaves at 0, through ``benchmarks.flops.flop_mapping``), fitted as ``c + a*s + b*s^2`` (exact: constant,
    per-pixel and attention terms). The bytes autograd saves
@@ -181,6 +180,39 @@ def fit(values: list[float], ratios: list[float], target: float) -> tuple[float,
     return c + a * target + b * target * target, c, a, b
 
 
+def extrapolate(steps: list[dict], sizes: list[tuple[int, int]], batch: int, target: int = 1024 * 768) -> dict:
+    """Memory and FLOPs of a training step at 1024x768 and ``batch`` from the measured steps.
+
+    Memory above the loaded model, gradients excluded: the larger of the forward's peak and the backward's peak
+    less the gradients (under checkpointing the backward's recompute of a block and the activations' gradients
+    are the larger one; without it the forward's end). Linear in the pixels (CPU and GPU flash attention keep no
+    score matrix): the slope of the two largest sizes (a quadratic fit of these near-flat values blows up 7x beyond
+    the last size). The part that grows with neither pixels nor batch (autocast's bf16 copies of the fp32 trained
+    weights) comes from the forward peaks at batch 1 and 2 of the first size; backward peaks are not used for it,
+    since the first step of a process carries one-time allocations into its backward peak."""
+    ratios = [h * w / (sizes[0][0] * sizes[0][1]) for h, w in sizes]
+    t = target / (sizes[0][0] * sizes[0][1])
+    ext: dict = {"batch": batch}
+    for ck in (True, False):
+        tag = "ckpt" if ck else "no_ckpt"
+        one = [s for s in steps if s["checkpointing"] == ck and s["batch"] == 1]
+        two = next(s for s in steps if s["checkpointing"] == ck and s["batch"] == 2)
+        fwd_slope = (one[-1]["forward_peak_gib"] - one[-2]["forward_peak_gib"]) / (ratios[-1] - ratios[-2])
+        fwd_c = one[-1]["forward_peak_gib"] - fwd_slope * ratios[-1]   # constant + per-sample constant
+        k = two["forward_peak_gib"] - one[0]["forward_peak_gib"] - fwd_slope  # per-sample constant
+        const = fwd_c - k
+        m = [max(s["forward_peak_gib"], s["backward_peak_gib"] - s["grads_gib"]) for s in one]
+        slope = (m[-1] - m[-2]) / (ratios[-1] - ratios[-2])
+        per_sample = m[-1] + slope * (t - ratios[-1]) - const
+        ext[f"activations_constant_gib_{tag}"] = round(const, 2)
+        ext[f"activations_per_sample_gib_{tag}"] = round(per_sample, 2)
+        ext[f"activations_gib_batch_{batch}_{tag}"] = round(const + batch * per_sample, 2)
+    flops = [s["flops"] for s in steps if "flops" in s]
+    ext["train_step_tflops_per_sample_ckpt"] = round(fit(flops, ratios, t)[0] / 1e12, 1)
+    ext["train_step_tflops_per_gpu_batch_ckpt"] = round(ext["train_step_tflops_per_sample_ckpt"] * batch, 1)
+    return ext
+
+
 def loader_throughput(root: Path, workers: int, n_batches: int = 6, batch_size: int = 4) -> dict:
     from torch.utils.data import DataLoader
 
@@ -221,10 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"load_before": os.getloadavg(), "counted": counted()}
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    target = 1024 * 768
     if not args.skip_measure:
-        # the step's memory, measured: M(s, n) = c + n * (k + a*s + b*s^2) for n samples at s times the first size's
-        # pixels; three sizes at batch 1 give c + k, a, b; batch 2 at the first size gives k
+        # three sizes at batch 1 and the first size at batch 2, with and without checkpointing (extrapolate())
         steps = []
         for i, (h, w) in enumerate(sizes):
             for ck in (True, False):
@@ -233,27 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     steps.append(measure_step(h, w, checkpointing=ck, flops=False, batch=2))
                 print(json.dumps(steps[-1]), flush=True)
         result["measured"] = steps
-        ratios = [h * w / (sizes[0][0] * sizes[0][1]) for h, w in sizes]
-        t = target / (sizes[0][0] * sizes[0][1])
-        ext = {"batch": args.batch}
-        for ck in (True, False):
-            tag = "ckpt" if ck else "no_ckpt"
-            one = [s for s in steps if s["checkpointing"] == ck and s["batch"] == 1]
-            two = next(s for s in steps if s["checkpointing"] == ck and s["batch"] == 2)
-            # memory is linear in the pixels (CPU and GPU flash attention keep no score matrix): the slope from
-            # the two largest sizes; a quadratic fit of these near-flat values blows up 7x beyond the last size
-            (s1, v1), (s2, v2) = (ratios[-2], one[-2]["forward_peak_gib"]), (ratios[-1], one[-1]["forward_peak_gib"])
-            a = (v2 - v1) / (s2 - s1)
-            c_k = v2 - a * s2
-            k = two["forward_peak_gib"] - one[0]["forward_peak_gib"] - a  # per sample at the first size: k + a
-            per_sample = k + a * t
-            ext[f"activations_constant_gib_{tag}"] = round(c_k - k, 2)
-            ext[f"activations_per_sample_gib_{tag}"] = round(per_sample, 2)
-            ext[f"activations_gib_batch_{args.batch}_{tag}"] = round(c_k - k + args.batch * per_sample, 2)
-        flops = [s["flops"] for s in steps if "flops" in s]
-        ext["train_step_tflops_per_sample_ckpt"] = round(fit(flops, ratios, t)[0] / 1e12, 1)
-        ext["train_step_tflops_per_gpu_batch_ckpt"] = round(ext["train_step_tflops_per_sample_ckpt"] * args.batch, 1)
-        result["at_1024x768"] = ext
+        result["at_1024x768"] = extrapolate(steps, sizes, args.batch)
     data_root = work / "data-1024"
     if not (data_root / "DressCode").is_dir():
         import make_fullsize_dataset as mds

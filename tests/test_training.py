@@ -246,13 +246,19 @@ def test_frozen_dtype_bf16_stores_only_the_untrained_weights_in_bf16_and_trains(
     assert fp32_bytes - sum(p.numel() * p.element_size() for p in params) == n * 2
     assert cast_frozen(model, groups, None) == 0
 
-    acc = make_accelerator(run, cpu=True)
-    prepare_data(run, acc)
-    for stage in (1, 2):
-        train_stage(run, stage, acc, resume=None)
-        rows = _log_rows(run.output_path / f"stage{stage}" / "log.csv")
-        assert [r["step"] for r in rows] == ["1", "2"] and all(math.isfinite(float(r["loss"])) for r in rows)
-        assert (run.output_path / f"stage{stage}" / "samples" / "step-000002.png").is_file()
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: earlier tests made it fp32
+    try:
+        acc = make_accelerator(run, cpu=True)
+        prepare_data(run, acc)
+        for stage in (1, 2):
+            train_stage(run, stage, acc, resume=None)
+            rows = _log_rows(run.output_path / f"stage{stage}" / "log.csv")
+            assert [r["step"] for r in rows] == ["1", "2"] and all(math.isfinite(float(r["loss"])) for r in rows)
+            assert (run.output_path / f"stage{stage}" / "samples" / "step-000002.png").is_file()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(ConfigError, match="frozen_dtype.*mixed_precision 'bf16'.*got mixed_precision 'no'"):
         tiny_run(tmp_path / "bad", "frozen_dtype=bf16")
 
