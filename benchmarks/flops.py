@@ -58,14 +58,29 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * b * h * s_q * s_k * d + 2 * b * h * s_q * s_k * d_v
 
 
-def _flop_mapping() -> dict:
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    return {op: _cpu_sdpa_flops} if op is not None else {}
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                             **kwargs) -> int:
+    """FLOPs of its backward (recomputed P, dV, dP, dQ, dK: torch's own SDPA backward count)."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def flop_mapping() -> dict:
+    """``FlopCounterMode(custom_mapping=...)`` for the CPU flash-attention ops the stock counter leaves at 0 (the
+    inference benchmarks here and the training-step count of ``scripts/plan_fullsize.py``)."""
+    out = {}
+    for name, fn in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flops),
+                     ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_sdpa_backward_flops)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            out[op] = fn
+    return out
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[int, Any]:
     """Run ``fn`` without gradients under ``FlopCounterMode``; return (FLOPs, its result)."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
         out = fn()
     return int(counter.get_total_flops()), out
 
@@ -75,7 +90,7 @@ OP_KINDS = {"convolution": "conv", "mm": "linear", "addmm": "linear", "bmm": "at
 
 def flops_by_kind(fn: Callable[[], Any]) -> dict[str, int]:
     """FLOPs of ``fn`` split into conv / linear / attention (matmuls of Q K^T and P V) / other."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_flop_mapping()) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_mapping()) as counter:
         fn()
     out = {"conv": 0, "linear": 0, "attention": 0, "other": 0}
     for op, n in counter.get_flop_counts()["Global"].items():

@@ -1,12 +1,14 @@
 """Full-size training on CPU with the paper preset (issue 12, item 3): kill, exact resume, export, reload.
 
     nice -n 19 python scripts/train_fullsize.py WORKDIR [--steps1 2 --steps2 2] [--size 256x192] [--threads 2]
+                                                        [--processes 2 --threads 1]
 
 ``configs/paper_vitonhd_dresscode.yaml`` as shipped (bf16 autocast, gradient checkpointing), pointed at the
 random-weight full-size base files of ``scripts/make_fullsize_fixtures.py`` (diffusers / transformers folders and
-the timm Swin file) and at a few VITON-HD and DressCode items written as 1024x768 JPEGs in their real layouts
+the timm Swin file; the preset keeps the frozen weights in bf16) and at a few VITON-HD and DressCode items written as 1024x768 JPEGs in their real layouts
 (``scripts/make_fullsize_dataset.py``), trained at a reduced canvas with batch 1. Each stage runs in its own
-``python -m training train`` process, measured (wall time, peak RSS from ``wait4``):
+``python -m training train`` process (with ``--processes 2`` it starts two gloo data-parallel workers, as
+``accelerate launch`` would), measured (wall time, peak RSS of the largest process from ``wait4``):
 
 1. run ``a``: stage 1 then stage 2, uninterrupted;
 2. run ``b``: the same, each stage SIGKILLed once its step-1 checkpoint is complete, then resumed (``--resume auto``);
@@ -34,13 +36,15 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 
-def run_args(paths: dict, data: dict, out: Path, height: int, width: int, threads: int) -> list[str]:
+def run_args(paths: dict, data: dict, out: Path, height: int, width: int, threads: int,
+             processes: int = 1) -> list[str]:
     sets = {
         "weights.unet": paths["sd_root"], "weights.vae": paths["vae_root"], "weights.clip_vision": paths["clip_root"],
         "weights.text_encoder": paths["sd_root"], "weights.tokenizer": Path(paths["sd_root"]) / "tokenizer",
         "weights.swin": paths["swin"],
         "data.datasets.0.root": data["vitonhd"], "data.datasets.1.root": data["dresscode"], "data.num_workers": 0,
         "model.overrides.height": height, "model.overrides.width": width, "threads": threads,
+        "processes": processes,
     }
     for s in ("stage1", "stage2"):
         sets.update({f"{s}.batch_size": 1, f"{s}.checkpoint_every": 1, f"{s}.keep_checkpoints": 1,
@@ -115,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps1", type=int, default=2)
     p.add_argument("--steps2", type=int, default=2)
     p.add_argument("--size", default="256x192")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="per process")
+    p.add_argument("--processes", type=int, default=1,
+                   help="data-parallel CPU processes (gloo), started by `python -m training train` itself")
     args = p.parse_args(argv)
     height, width = (int(v) for v in args.size.split("x"))
     work = Path(args.workdir)
@@ -124,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = fx.build()
     data = {k: v for k, v in ds.write_both(work / "data", n=2).items()}
-    result: dict = {"size": [height, width], "threads": args.threads, "load_before": os.getloadavg(), "runs": {}}
+    result: dict = {"size": [height, width], "threads": args.threads, "processes": args.processes,
+                    "load_before": os.getloadavg(), "runs": {}}
     for name in ("a", "b"):
         out = work / f"run-{name}"
-        a = run_args(paths, data, out, height, width, args.threads)
+        a = run_args(paths, data, out, height, width, args.threads, args.processes)
         stages = {}
         for stage, steps in ((1, args.steps1), (2, args.steps2)):
             if name == "a":
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     # export (trained parts only: export.include_base false in the preset), reload on the base files, same outputs
     exported = {}
     for name, out in (("a", ra), ("b", rb)):
-        a = run_args(paths, data, out, height, width, args.threads)
+        a = run_args(paths, data, out, height, width, args.threads, args.processes)
         subprocess.run([sys.executable, "-m", "training", "export", *a], cwd=REPO, env=_env(), check=True,
                        capture_output=True)
         exported[name] = out / "twgtm_paper.safetensors"

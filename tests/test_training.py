@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -64,7 +65,7 @@ def test_run_config_yaml_overrides_and_errors(tmp_path):
 
 def test_paper_config_names_missing_weights(tmp_path):
     run = load_run_config(REPO / "configs" / "paper_vitonhd_dresscode.yaml", [f"output_dir={tmp_path}"])
-    assert run.model.build().height == 1024 and run.mixed_precision == "bf16"
+    assert run.model.build().height == 1024 and run.mixed_precision == "bf16" and run.frozen_dtype == "bf16"
     assert run.weights.unet and run.weights.clip_vision and run.weights.swin
     with pytest.raises(MissingFileError, match="expected"):
         build_stage_model(load_run_config(REPO / "configs" / "paper_vitonhd_dresscode.yaml", [
@@ -224,6 +225,44 @@ def test_stage1_mask_warmup_trains_the_reference_encoder_alone_then_everything(t
 
 
 # ---------------------------------------------------------------------------------------------- CatVTON warm start
+def test_frozen_dtype_bf16_stores_only_the_untrained_weights_in_bf16_and_trains(tmp_path):
+    """``frozen_dtype: bf16`` (the paper preset; diffusers' scripts do it for their frozen VAE and text encoder):
+    every parameter no optimiser group holds is bf16, every trained one stays fp32 for AdamW; both stages then
+    train under bf16 autocast, sample grids included, and stage 2 starts from stage 1's weights."""
+    from training.trainer import cast_frozen, parameter_groups
+
+    sets = ["stage0.enabled=false", "mixed_precision=bf16", "frozen_dtype=bf16", "stage1.lr_unet_base=null",
+            "stage2.lr_unet_base=null", "stage1.sample_every=2", "stage2.sample_every=2", "stage1.sample_steps=2",
+            "stage2.sample_steps=2"]
+    run = tiny_run(tmp_path / "run", *sets)
+    model = build_stage_model(run, 1)
+    groups = parameter_groups(model, run.stage1)
+    fp32_bytes = sum(p.numel() * 4 for m in model.modules().values() for p in m.parameters())
+    n = cast_frozen(model, groups, "bf16")
+    trained = {id(p) for g in groups for p in g["params"]}
+    params = [p for m in model.modules().values() for p in m.parameters()]
+    assert n > 0.3 * sum(p.numel() for p in params)  # CLIP, VAE and the UNet base are the bulk of the tiny model
+    assert all(p.dtype == (torch.float32 if id(p) in trained else torch.bfloat16) for p in params)
+    assert fp32_bytes - sum(p.numel() * p.element_size() for p in params) == n * 2
+    assert cast_frozen(model, groups, None) == 0
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: earlier tests made it fp32
+    try:
+        acc = make_accelerator(run, cpu=True)
+        prepare_data(run, acc)
+        for stage in (1, 2):
+            train_stage(run, stage, acc, resume=None)
+            rows = _log_rows(run.output_path / f"stage{stage}" / "log.csv")
+            assert [r["step"] for r in rows] == ["1", "2"] and all(math.isfinite(float(r["loss"])) for r in rows)
+            assert (run.output_path / f"stage{stage}" / "samples" / "step-000002.png").is_file()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ConfigError, match="frozen_dtype.*mixed_precision 'bf16'.*got mixed_precision 'no'"):
+        tiny_run(tmp_path / "bad", "frozen_dtype=bf16")
+
+
 def test_catvton_attention_layout_loads_into_every_attn1(tmp_path):
     from diffusers import UNet2DConditionModel
 

@@ -3,7 +3,7 @@
 A run file (``configs/*.yaml``) has these sections, each a dataclass below; every field has a default,
 so a file only names what differs::
 
-    name, output_dir, seed, threads, mixed_precision, gradient_checkpointing, allow_tf32
+    name, output_dir, seed, threads, mixed_precision, gradient_checkpointing, frozen_dtype, allow_tf32
     model:    preset (tiny | full) + overrides (merged into TWGTMConfig, e.g. height, unet, ...)
     weights:  where the pretrained base components live (local folders/files), or random_base
     data:     datasets (VITON-HD / DressCode roots) and/or a synthetic set to generate
@@ -180,6 +180,9 @@ class RunConfig:
                                            # itself (gloo DDP); GPUs: use `accelerate launch` instead
     mixed_precision: str = "no"            # "no", "bf16" or "fp16" (accelerate autocast)
     gradient_checkpointing: bool = False   # UNet and SRM
+    frozen_dtype: Optional[str] = None     # null: frozen weights stay fp32; "bf16"/"fp16" (= mixed_precision):
+                                           # the weights no optimiser updates are stored in that dtype (halves
+                                           # their memory; autocast computes in it anyway)
     allow_tf32: bool = True
     model: ModelSection = field(default_factory=ModelSection)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
@@ -223,6 +226,12 @@ class RunConfig:
         self._validate_numbers()
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision: expected 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.frozen_dtype not in (None, "fp32", "bf16", "fp16"):
+            raise ConfigError(f"frozen_dtype: expected null, 'fp32', 'bf16' or 'fp16', got {self.frozen_dtype!r}")
+        if self.frozen_dtype in ("bf16", "fp16") and self.frozen_dtype != self.mixed_precision:
+            raise ConfigError(f"frozen_dtype: {self.frozen_dtype!r} needs mixed_precision {self.frozen_dtype!r} (the "
+                              f"frozen weights only work inside that autocast), got mixed_precision "
+                              f"{self.mixed_precision!r}")
         if not self.data.datasets and self.data.synthetic is None:
             raise ConfigError("data: expected at least one entry in data.datasets or a data.synthetic section, "
                               "got neither")
