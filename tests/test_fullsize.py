@@ -296,8 +296,8 @@ def test_full_size_training_kill_resume_export_reload(tmp_path):
 def test_full_size_training_on_two_processes_kill_resume_export_reload(tmp_path):
     """The same with 2 gloo data-parallel CPU processes of 1 thread each (what ``accelerate launch`` runs): the
     full-size model trains under DDP, a SIGKILLed stage resumes to the uninterrupted run's weights and losses, the
-    exports reload identically. Each process holds a whole model: about 9.5 GB RSS each with the preset's bf16
-    frozen weights (it did not fit this 24 GB machine with fp32 frozen weights)."""
+    exports reload identically. Each process holds a whole model: 10.6 GiB peak RSS each in stage 2 (21 min, 2026-12-02),
+    which fits a 24 GB machine only with the preset's bf16 frozen weights and DDP's bucket-view gradients."""
     mod = _script("train_fullsize")
     assert mod.main([str(tmp_path), "--processes", "2", "--threads", "1"]) == 0
     import json
