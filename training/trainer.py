@@ -88,6 +88,9 @@ def make_accelerator(run: RunConfig, *, cpu: bool = False):
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True,
                                                                              gradient_as_bucket_view=True)])
     _check_fsdp(accelerator)
+    # every checkpoint this accelerator writes holds the trained tensors and buffers only (once per accelerator:
+    # train_stage runs stage 1 and stage 2 on the same one)
+    accelerator.register_save_state_pre_hook(_save_trained_only)
     return accelerator
 
 
@@ -581,16 +584,6 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     objective = TrainingObjective(model, noise_scheduler, vtoff_prob=s.vtoff_prob,
                                   region_reference_height=s.region_reference_height).train()
     objective, optimizer = accelerator.prepare(objective, optimizer)
-    save_hook = accelerator.register_save_state_pre_hook(_save_trained_only)
-    try:
-        return _train_prepared(run, stage, accelerator, s, total, out, ckpt_root, final_path, t_start, model, groups,
-                               group_names, objective, optimizer, lr_schedule, resume, stop_after)
-    finally:
-        save_hook.remove()
-
-
-def _train_prepared(run, stage, accelerator, s, total, out, ckpt_root, final_path, t_start, model, groups, group_names,
-                    objective, optimizer, lr_schedule, resume, stop_after) -> StageResult:
     raw_model: TWGTMComponents = accelerator.unwrap_model(objective).components
     # the optimiser's own parameters: under FSDP they are the sharded ones that replaced the module's originals
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
