@@ -24,12 +24,13 @@ def test_synthetic_preset_values():
     assert (run.name, run.output_dir, run.threads, run.processes, run.mixed_precision) == \
         ("synthetic", "runs/synthetic", 1, 2, "no")
     assert run.data.synthetic == SyntheticSpec(root="runs/synthetic/data", n_train=1024, n_test=32, height=64,
-                                               width=48, seed=0)
+                                               width=48, seed=0, n_val=64, val_root="runs/synthetic/data_val")
     s1, s2 = run.stage1, run.stage2
     assert (s1.max_steps, s1.mask_warmup_steps, s1.batch_size, s1.lr_unet, s1.lr_new, s1.lr_unet_base, s1.ema_decay,
-            s1.vtoff_prob) == (2100, 600, 8, 1.5e-3, 7.5e-4, 1.5e-3, 0.995, 0.3)
+            s1.vtoff_prob) == (1700, 800, 8, 1.5e-3, 7.5e-4, 1.5e-3, 0.995, 0.3)
+    assert [(s.lr_decay, s.lr_min_ratio) for s in (s1, s2)] == [("cosine", 0.05)] * 2
     assert s2.mask_warmup_steps == 0
-    assert (s2.max_steps, s2.sample_every, s2.betas, s2.weight_decay) == (1100, 550, (0.9, 0.999), 0.01)
+    assert (s2.max_steps, s2.sample_every, s2.betas, s2.weight_decay) == (600, 600, (0.9, 0.999), 0.01)
     assert isinstance(s1.lr_unet, float) and isinstance(run.stage0.lr, float) and run.stage0.lr == 3e-5
     assert (run.eval.guidance_scale, run.eval.eta, run.eval.tryoff_region) == (1.0, 1.0, "pred_mask")
     assert run.export.filename == "runs/synthetic/export/twgtm_synthetic_tiny.safetensors"
@@ -37,7 +38,7 @@ def test_synthetic_preset_values():
     tiny = TWGTMConfig.tiny()
     assert (cfg.height, cfg.width, cfg.vae_scale_factor, cfg.vae["block_out_channels"]) == (64, 48, 4, (16, 32, 32))
     assert cfg.scheduler == dict(tiny.scheduler, prediction_type="sample") and cfg.unet == tiny.unet
-    assert cfg.loss == dataclasses.replace(tiny.loss, stage2_mask_weight=1.0)
+    assert cfg.loss == dataclasses.replace(tiny.loss, stage2_mask_weight=2.0)
     assert cfg.swin.kwargs == dict(tiny.swin.kwargs, drop_path_rate=0.0)  # no stochastic depth in the toy Swin
 
 
@@ -78,7 +79,7 @@ def test_set_overrides_interpolation_and_yaml_values(tmp_path):
 
     # a section the file does not have is created with its defaults
     paper = load_run_config(CONFIGS / "paper_vitonhd_dresscode.yaml", ["data.synthetic.n_train=4"])
-    assert paper.data.synthetic == SyntheticSpec(root="runs/paper/data", n_train=4)
+    assert paper.data.synthetic == SyntheticSpec(root="runs/paper/data", n_train=4, val_root="runs/paper/data_val")
 
 
 def test_empty_sections_and_stage2_defaults(tmp_path):
@@ -87,7 +88,7 @@ def test_empty_sections_and_stage2_defaults(tmp_path):
     (tmp_path / "run.yaml").write_text(text)
     run = load_run_config(tmp_path / "run.yaml")                     # "stage0:" with nothing under it: defaults
     assert run.stage0 == RunConfig().stage0 and run.eval == EvalConfig()
-    assert run.data.synthetic == SyntheticSpec(root="runs/e/data", n_train=4)
+    assert run.data.synthetic == SyntheticSpec(root="runs/e/data", n_train=4, val_root="runs/e/data_val")
     # stage 2 defaults to 32k steps (the paper) whether or not the file has a stage2 section
     assert run.stage2.batch_size == 3 and run.stage2.max_steps == 32000 == RunConfig().stage2.max_steps
     assert run.stage1.max_steps == 16000
@@ -147,3 +148,21 @@ def test_bad_yaml_files(tmp_path, content, message):
     assert message in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
     with pytest.raises(ConfigError, match="expected a YAML file"):
         load_run_config(tmp_path / "missing.yaml")
+
+
+def test_validation_set_settings_are_checked():
+    """``data.synthetic.n_val`` / ``val_seed``: the validation set must not repeat the training seed, counts are
+    non-negative ints, and a folder generated with other settings is refused, not reused."""
+    from training.data import _synthetic_sets
+
+    run = load_run_config(CONFIGS / "synthetic_cpu.yaml", ["output_dir=/tmp/x"])
+    (_, _, train), (key, root, val) = _synthetic_sets(run)
+    assert (key, str(root), val["seed"], val["n_train"], val["n_test"]) == \
+        ("data.synthetic.val_root", "/tmp/x/data_val", 1, 0, 64)
+    assert {k: v for k, v in val.items() if k not in ("seed", "n_train", "n_test")} == \
+        {k: v for k, v in train.items() if k not in ("seed", "n_train", "n_test")}
+    assert len(_synthetic_sets(load_run_config(CONFIGS / "synthetic_cpu.yaml", ["data.synthetic.n_val=0"]))) == 1
+    with pytest.raises(ConfigError, match="data.synthetic.val_seed: expected a seed other than"):
+        load_run_config(CONFIGS / "synthetic_cpu.yaml", ["data.synthetic.val_seed=0"])
+    with pytest.raises(ConfigError, match="data.synthetic.n_val"):
+        load_run_config(CONFIGS / "synthetic_cpu.yaml", ["data.synthetic.n_val=-1"])

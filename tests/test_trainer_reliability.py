@@ -403,3 +403,31 @@ def test_lock_left_to_the_workers_of_a_killed_run_is_waited_for(tmp_path, monkey
         with pytest.raises(Exception, match="is in use by another run"):
             RunLock(tmp_path).acquire()
         assert time_mod.monotonic() - t0 < 5
+
+
+@pytest.mark.slow  # ~1 min: two processes, three stages of 1 step, two reports
+def test_main_job_on_two_processes_reports_on_the_test_split_and_on_a_validation_set(tmp_path):
+    """``python -m training main`` end to end with ``data.synthetic.n_val``: the validation set is generated with
+    another seed (no training person in it), and it gets its own report (report_val/; the second process writes
+    it while the first writes report/); the job's log names both verdicts."""
+    import json
+
+    out, empty = tmp_path / "run", tmp_path / "no_weights"
+    empty.mkdir()
+    sets = ["threads=1", "processes=2", "stage0.max_steps=1", "data.synthetic.n_val=3", "eval.num_inference_steps=1",
+            f"eval.weights_dir={empty}"]
+    cmd = [sys.executable, "-m", "training", "main", "--config", str(TINY), "--output-dir", str(out),
+           "--max-steps", "1"] + [a for s in sets for a in ("--set", s)]
+    res = subprocess.run(cmd, cwd=REPO, env=dict(_env(), TORCH_HOME=str(tmp_path / "torch_home")),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    made = json.loads((out / "data_val" / "synthetic.json").read_text())
+    assert (made["n_train"], made["n_test"], made["seed"]) == (0, 3, 1)  # data.synthetic.seed + 1
+    test = json.loads((out / "report" / "report.json").read_text())
+    val = json.loads((out / "report_val" / "report.json").read_text())
+    assert test["items"] == 4 and test["held_out"] == "test split of the run's data"
+    assert val["items"] == 3 and val["held_out"] == f"test split of {out / 'data_val'}"
+    assert (out / "report_val" / "grid.png").is_file()
+    assert f"validation report: {out / 'report_val' / 'report.md'} (passed={val['passed']})" in res.stderr
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["report_wait_s"] >= timings["report_s"] > 0

@@ -224,6 +224,39 @@ def test_stage1_mask_warmup_trains_the_reference_encoder_alone_then_everything(t
         tiny_run(tmp_path / "x", "stage1.mask_warmup_steps=2")
 
 
+def test_cosine_lr_decay_warms_up_then_falls_to_the_floor_at_the_last_step(tmp_path):
+    """``stage*.lr_decay: cosine`` (the toy preset): linear warm-up, then a cosine that reaches ``lr_min_ratio`` of
+    the peak on the stage's last step; with a stage-1 mask warm-up it starts over where the diffusion loss joins.
+    Checked on the schedule and on the learning rates the trainer logs."""
+    from training.trainer import _lr_lambda
+
+    lam = _lr_lambda(2, total=10, decay="cosine", min_ratio=0.1)
+    f = [lam(k) for k in range(10)]
+    assert f[:2] == [0.5, 1.0] and f[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(f[1:], f[2:])), f
+    lam = _lr_lambda(2, restart=3, total=10, decay="cosine", min_ratio=0.0)
+    f = [lam(k) for k in range(10)]
+    assert f[:5] == [0.5, 1.0, 1.0, 0.5, 1.0] and f[-1] == pytest.approx(0.0, abs=1e-12)
+    assert _lr_lambda(2, total=10)(9) == 1.0  # constant stays constant
+
+    run = tiny_run(tmp_path / "run", "stage0.enabled=false", "stage1.max_steps=6", "stage1.warmup_steps=1",
+                   "stage1.log_every=1", "stage1.lr_decay=cosine", "stage1.lr_min_ratio=0.25", "stage1.lr_new=1e-3")
+    configure_torch(run)
+    acc = make_accelerator(run, cpu=True)
+    prepare_data(run, acc)
+    train_stage(run, 1, acc, resume=None)
+    with (run.output_path / "stage1" / "log.csv").open(newline="") as f:
+        lrs = [float(r["lr_qformer"]) for r in csv.DictReader(f)]
+    # the logged rate is the one for the next step: the schedule's factor at steps 1..6
+    assert lrs == pytest.approx([1e-3 * lam_k for lam_k in
+                                 [_lr_lambda(1, total=6, decay="cosine", min_ratio=0.25)(k) for k in range(1, 7)]], rel=1e-5)
+    assert lrs[-2] == pytest.approx(0.25e-3)
+    with pytest.raises(ConfigError, match="stage1.lr_decay"):
+        tiny_run(tmp_path / "x", "stage1.lr_decay=linear")
+    with pytest.raises(ConfigError, match="stage2.lr_min_ratio"):
+        tiny_run(tmp_path / "x", "stage2.lr_min_ratio=1.5")
+
+
 # ---------------------------------------------------------------------------------------------- CatVTON warm start
 def test_frozen_dtype_bf16_stores_only_the_untrained_weights_in_bf16_and_trains(tmp_path):
     """``frozen_dtype: bf16`` (the paper preset; diffusers' scripts do it for their frozen VAE and text encoder):

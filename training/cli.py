@@ -340,6 +340,7 @@ def cmd_main(args) -> int:
 
 
 def _main_job(run, args, stages: list[int], resume: str, t_all: float) -> int:
+    from .data import validation_root
     from .trainer import configure_torch, make_accelerator
 
     rc = _spawned(run, args.argv)
@@ -351,14 +352,32 @@ def _main_job(run, args, stages: list[int], resume: str, t_all: float) -> int:
     timings_path = run.output_path / "timings.json"
     previous = json.loads(timings_path.read_text()) if timings_path.is_file() and resume == "auto" else {}
     timings = _train(run, stages, resume, None, accelerator)
+    # the reports: the test split on the main process; the validation set (data.synthetic.n_val) on the second
+    # process when there is one, at the same time, else after the test split
+    val_root = validation_root(run)
+    val_rank = 1 if accelerator.num_processes > 1 else 0
+    if val_root is not None and accelerator.process_index == val_rank and val_rank != 0:
+        t0 = time.perf_counter()
+        _report(run, None, eval_data=str(val_root), out=str(run.output_path / "report_val"))
+        logger.info("validation report written in %.1f s", time.perf_counter() - t0)
     if accelerator.is_main_process:
         t0 = time.perf_counter()
         report = _report(run, None, {**previous, **timings})
+        if val_root is not None and val_rank == 0:
+            _report(run, None, eval_data=str(val_root), out=str(run.output_path / "report_val"))
         timings["report_s"] = round(time.perf_counter() - t0, 1)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        passed = {"test": report["passed"]}
+        if val_root is not None:
+            passed["validation"] = json.loads((run.output_path / "report_val" / "report.json").read_text())["passed"]
+        timings["report_wait_s"] = round(time.perf_counter() - t0, 1)
         timings["total_s"] = round(time.perf_counter() - t_all, 1)
         timings_path.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
-        logger.info("main job finished in %.1f s; report: %s (passed=%s)", timings["total_s"],
-                    run.output_path / "report" / "report.md", report["passed"])
+        logger.info("main job finished in %.1f s; report: %s (passed=%s)%s", timings["total_s"],
+                    run.output_path / "report" / "report.md", passed["test"],
+                    f"; validation report: {run.output_path / 'report_val' / 'report.md'} "
+                    f"(passed={passed['validation']})" if val_root is not None else "")
     return 0
 
 

@@ -63,6 +63,10 @@ class SyntheticSpec:
     width: int = 48
     seed: int = 0
     categories: list[str] = field(default_factory=lambda: ["upper", "lower", "dress"])
+    n_val: int = 0                         # validation items, generated with val_seed into val_root (0: none); the
+                                           # main job reports on them too (report_val/); settings are chosen on them
+    val_seed: Optional[int] = None         # None: seed + 1 (no person or garment shared with the training set)
+    val_root: str = "${output_dir}/data_val"
 
 
 @dataclass
@@ -119,6 +123,10 @@ class Stage0Config:
     eval_every: int = 50                   # validation L1 on held-out images; the best weights are kept
 
 
+#: learning-rate shapes after the linear warm-up (StageConfig.lr_decay)
+LR_DECAYS = ("constant", "cosine")
+
+
 @dataclass
 class StageConfig:
     max_steps: int = 16000                 # optimiser steps
@@ -133,6 +141,9 @@ class StageConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 500
+    lr_decay: str = "constant"             # after the warm-up: "constant" (spec #32) or "cosine" (down to
+                                           # lr_min_ratio x the rate at the last step; the toy preset, TRAINING.md)
+    lr_min_ratio: float = 0.0              # cosine only: the final learning rate as a share of the peak
     grad_clip: float = 1.0                 # max gradient norm (0: off)
     vtoff_prob: float = 0.5                # share of try-off samples in every batch
     mask_warmup_steps: int = 0             # stage 1 only: the first N steps train the reference encoder on the
@@ -271,7 +282,13 @@ class RunConfig:
             sy = self.data.synthetic
             ints += [("data.synthetic.n_train", sy.n_train, 1), ("data.synthetic.n_test", sy.n_test, 0),
                      ("data.synthetic.height", sy.height, 8), ("data.synthetic.width", sy.width, 8),
-                     ("data.synthetic.seed", sy.seed, 0)]
+                     ("data.synthetic.seed", sy.seed, 0), ("data.synthetic.n_val", sy.n_val, 0)]
+            if sy.val_seed is not None:
+                ints.append(("data.synthetic.val_seed", sy.val_seed, 0))
+                if sy.val_seed == sy.seed:
+                    raise ConfigError(f"data.synthetic.val_seed: expected a seed other than data.synthetic.seed "
+                                      f"({sy.seed}: the validation set would repeat the training persons), got "
+                                      f"{sy.val_seed}")
         s0 = self.stage0
         ints += [(f"stage0.{n}", getattr(s0, n), lo) for n, lo in (
             ("max_steps", 0), ("batch_size", 1), ("warmup_steps", 0), ("log_every", 1), ("checkpoint_every", 1),
@@ -293,6 +310,9 @@ class RunConfig:
             floats += [(p + n, getattr(s, n), 0.0, None, True) for n in ("lr_unet", "lr_new", "lr_swin",
                                                                           "weight_decay", "grad_clip")]
             floats += [(p + "vtoff_prob", s.vtoff_prob, 0.0, 1.0, True)]
+            floats += [(p + "lr_min_ratio", s.lr_min_ratio, 0.0, 1.0, True)]
+            if s.lr_decay not in LR_DECAYS:
+                raise ConfigError(f"{p}lr_decay: expected one of {LR_DECAYS}, got {s.lr_decay!r}")
             floats += [(f"{p}betas[{k}]", b, 0.0, 1.0, False) for k, b in enumerate(s.betas)]
             if len(s.betas) != 2:
                 raise ConfigError(f"{p}betas: expected two numbers (Adam's beta1, beta2), got {list(s.betas)}")

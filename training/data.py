@@ -77,32 +77,48 @@ def open_split(root: str, kind: str = "auto", *, split: str, pairs: str, size: S
     return open_dataset(root, kind, split=split, pairs=pairs, size=tuple(size), **extra)
 
 
-def prepare_data(run: RunConfig, accelerator) -> None:
-    """Generate the synthetic set once (main process) if the run uses one and it is not there yet; a set there
-    generated with other parameters (``synthetic.json``) is a ConfigError, never silently reused."""
+def validation_root(run: RunConfig) -> Optional[Path]:
+    """The synthetic validation set's folder (``data.synthetic.n_val`` items, another seed), or None."""
+    spec = run.data.synthetic
+    return Path(run.resolve(spec.val_root)) if spec is not None and spec.n_val > 0 else None
+
+
+def _synthetic_sets(run: RunConfig) -> list[tuple[str, Path, dict]]:
+    """(config key, folder, generator arguments) of every synthetic set the run uses: training + test, validation."""
     spec = run.data.synthetic
     if spec is None:
-        return
-    root = Path(run.resolve(spec.root))
-    summary = root / "synthetic.json"
-    if accelerator.is_main_process and summary.is_file():  # generated before: reused only if it is this config's
-        try:
-            made = json.loads(summary.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            made = {}
-        want = {"n_train": spec.n_train, "n_test": spec.n_test, "height": spec.height, "width": spec.width,
-                "seed": spec.seed, "categories": list(spec.categories)}
-        differ = {k: made.get(k) for k, v in want.items() if made.get(k) != v}
-        if differ:
-            raise ConfigError(f"data.synthetic: {str(root)!r} holds a synthetic set generated with {differ}, the "
-                              f"config asks for {({k: want[k] for k in differ})}; delete that folder (it is "
-                              f"regenerated) or set data.synthetic.root to another folder")
-    if accelerator.is_main_process and not summary.is_file():
-        t0 = time.perf_counter()
-        generate(root, n_train=spec.n_train, n_test=spec.n_test, height=spec.height, width=spec.width,
-                 seed=spec.seed, categories=spec.categories)
-        logger.info("synthetic data: %d + %d items in %s (%.1f s)", spec.n_train, spec.n_test, root,
-                    time.perf_counter() - t0)
+        return []
+    common = {"height": spec.height, "width": spec.width, "categories": list(spec.categories)}
+    sets = [("data.synthetic", Path(run.resolve(spec.root)),
+             {"n_train": spec.n_train, "n_test": spec.n_test, "seed": spec.seed, **common})]
+    val = validation_root(run)
+    if val is not None:
+        seed = spec.seed + 1 if spec.val_seed is None else spec.val_seed
+        sets.append(("data.synthetic.val_root", val, {"n_train": 0, "n_test": spec.n_val, "seed": seed, **common}))
+    return sets
+
+
+def prepare_data(run: RunConfig, accelerator) -> None:
+    """Generate the synthetic sets once (main process) if the run uses them and they are not there yet; a set there
+    generated with other parameters (``synthetic.json``) is a ConfigError, never silently reused."""
+    for key, root, want in _synthetic_sets(run):
+        summary = root / "synthetic.json"
+        if accelerator.is_main_process and summary.is_file():  # generated before: reused only if it is this config's
+            try:
+                made = json.loads(summary.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                made = {}
+            differ = {k: made.get(k) for k, v in want.items() if made.get(k) != v}
+            if differ:
+                raise ConfigError(f"{key}: {str(root)!r} holds a synthetic set generated with {differ}, the config "
+                                  f"asks for {({k: want[k] for k in differ})}; delete that folder (it is "
+                                  f"regenerated) or set {key if key.endswith('root') else key + '.root'} to another "
+                                  f"folder")
+        if accelerator.is_main_process and not summary.is_file():
+            t0 = time.perf_counter()
+            generate(root, **want)
+            logger.info("synthetic data: %d + %d items in %s (%.1f s)", want["n_train"], want["n_test"], root,
+                        time.perf_counter() - t0)
     accelerator.wait_for_everyone()
 
 

@@ -393,10 +393,22 @@ class EMA:
             self.updates = int((f.metadata() or {}).get("updates", 0))
 
 
-def _lr_lambda(warmup: int, restart: int = 0):
-    """Linear warm-up, then constant (spec #32); with a stage-1 mask warm-up of ``restart`` steps the warm-up
-    runs again from there, when the UNet and the diffusion loss join."""
-    return lambda k: min(1.0, ((k if k < restart else k - restart) + 1) / max(1, warmup))
+def _lr_lambda(warmup: int, restart: int = 0, *, total: int = 0, decay: str = "constant",
+               min_ratio: float = 0.0):
+    """Linear warm-up, then constant (spec #32) or a cosine down to ``min_ratio`` at step ``total``; with a stage-1
+    mask warm-up of ``restart`` steps the warm-up (and the cosine) run again from there, when the UNet and the
+    diffusion loss join."""
+    span = max(1, total - restart - warmup)
+
+    def factor(k: int) -> float:
+        j = k if k < restart else k - restart
+        if j < warmup or decay == "constant":
+            return min(1.0, (j + 1) / max(1, warmup))
+        if k < restart:  # the warm-up of the mask-only steps stays flat
+            return 1.0
+        frac = min(1.0, (j - warmup + 1) / span)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+    return factor
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -579,7 +591,8 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     else:
         cast_frozen(model, groups, run.frozen_dtype)
     optimizer = torch.optim.AdamW(groups, betas=tuple(s.betas), weight_decay=s.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(s.warmup_steps, s.mask_warmup_steps))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(
+        s.warmup_steps, s.mask_warmup_steps, total=total, decay=s.lr_decay, min_ratio=s.lr_min_ratio))
     noise_scheduler = DDPMScheduler.from_config(model.config.scheduler)
     objective = TrainingObjective(model, noise_scheduler, vtoff_prob=s.vtoff_prob,
                                   region_reference_height=s.region_reference_height).train()
