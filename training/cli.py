@@ -354,29 +354,27 @@ def _main_job(run, args, stages: list[int], resume: str, t_all: float) -> int:
     timings = _train(run, stages, resume, None, accelerator)
     # the reports: the test split on the main process; the validation set (data.synthetic.n_val) on the second
     # process when there is one, at the same time, else after the test split
-    val_root = validation_root(run)
-    val_rank = 1 if accelerator.num_processes > 1 else 0
-    if val_root is not None and accelerator.process_index == val_rank and val_rank != 0:
-        t0 = time.perf_counter()
-        _report(run, None, eval_data=str(val_root), out=str(run.output_path / "report_val"))
-        logger.info("validation report written in %.1f s", time.perf_counter() - t0)
+    val_root, val_out = validation_root(run), run.output_path / "report_val"
+    val_here = val_root is not None and accelerator.process_index == min(1, accelerator.num_processes - 1)
+    if val_here and not accelerator.is_main_process:
+        _report(run, None, eval_data=str(val_root), out=str(val_out))
     if accelerator.is_main_process:
         t0 = time.perf_counter()
         report = _report(run, None, {**previous, **timings})
-        if val_root is not None and val_rank == 0:
-            _report(run, None, eval_data=str(val_root), out=str(run.output_path / "report_val"))
+        if val_here:
+            _report(run, None, eval_data=str(val_root), out=str(val_out))
         timings["report_s"] = round(time.perf_counter() - t0, 1)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         passed = {"test": report["passed"]}
         if val_root is not None:
-            passed["validation"] = json.loads((run.output_path / "report_val" / "report.json").read_text())["passed"]
+            passed["validation"] = json.loads((val_out / "report.json").read_text())["passed"]
         timings["report_wait_s"] = round(time.perf_counter() - t0, 1)
         timings["total_s"] = round(time.perf_counter() - t_all, 1)
         timings_path.write_text(json.dumps({**previous, **timings}, indent=2) + "\n")
         logger.info("main job finished in %.1f s; report: %s (passed=%s)%s", timings["total_s"],
                     run.output_path / "report" / "report.md", passed["test"],
-                    f"; validation report: {run.output_path / 'report_val' / 'report.md'} "
+                    f"; validation report: {val_out / 'report.md'} "
                     f"(passed={passed['validation']})" if val_root is not None else "")
     return 0
 
