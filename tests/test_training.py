@@ -257,6 +257,92 @@ def test_cosine_lr_decay_warms_up_then_falls_to_the_floor_at_the_last_step(tmp_p
         tiny_run(tmp_path / "x", "stage2.lr_min_ratio=1.5")
 
 
+def test_stage2_frozen_groups_keep_stage1s_garment_mask_path_and_train_the_rest(tmp_path):
+    """``stage2.frozen_groups`` (the toy preset freezes the garment-mask path in stage 2, docs/DESIGN.md choice 19):
+    the named groups leave stage 2 bit-identical to stage 1, so the predicted garment mask does not drift, while
+    the UNet, the Decoder and Extended Attention train. Bad names and a mask loss that would train nothing are
+    refused when the config is read."""
+    run = tiny_run(tmp_path / "run", "stage0.enabled=false", "stage1.max_steps=1", "stage2.max_steps=2",
+                   "stage2.frozen_groups=[qformer,swin,srm]", "model.overrides.loss.stage2_mask_weight=0",
+                   "stage2.lr_new=1e-2", "stage2.lr_unet=1e-2")
+    configure_torch(run)
+    acc = make_accelerator(run, cpu=True)
+    prepare_data(run, acc)
+    s1 = train_stage(run, 1, acc, resume=None).model_path
+    s2 = train_stage(run, 2, acc, resume=None).model_path
+    w1, w2 = load_file(str(s1)), load_file(str(s2))
+    path = [k for k in w1 if k.startswith(("sam.qformer.", "srm."))]
+    assert path and any(k.startswith("srm.swin.") for k in path)
+    assert all(torch.equal(w1[k], w2[k]) for k in path), "a frozen group changed in stage 2"
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1 if k.startswith("unet.") and "attn" in k)
+    assert any(k.startswith("decoder.") for k in w2) and not any(k.startswith("decoder.") for k in w1)
+    with (run.output_path / "stage2" / "log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and not any(c in rows[0] for c in ("lr_qformer", "lr_swin", "lr_srm")), list(rows[0])
+    assert all(float(r["mask"]) == 0.0 for r in rows)
+
+    with pytest.raises(ConfigError, match=r"stage2.frozen_groups: expected names .*unknown \['qformr'\]"):
+        tiny_run(tmp_path / "x", "stage2.frozen_groups=[qformr]")
+    with pytest.raises(ConfigError, match="stage1.frozen_groups"):
+        tiny_run(tmp_path / "x", "stage1.frozen_groups=[swin]")
+    with pytest.raises(ConfigError, match="stage2_mask_weight 0, got 1.0"):
+        tiny_run(tmp_path / "x", "stage2.frozen_groups=[qformer,swin,srm]",
+                 "model.overrides.loss.stage2_mask_weight=1")
+
+
+def test_snr_weight_cap_weights_the_x0_loss_by_the_truncated_snr(tmp_path):
+    """``loss.snr_weight_cap`` (x0 prediction): each sample's MSE is weighted by clamp(SNR(t), 1, cap), so the
+    low-noise steps, where the unweighted x0 loss is tiny, get up to ``cap`` times the weight of the high-noise ones.
+    Checked on the weights, on the loss the objective returns, and on the config's refusals."""
+    from diffusers import DDPMScheduler
+
+    from training.losses import diffusion_loss, snr_weight
+    from training.objective import TrainingObjective
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012)
+    a = sched.alphas_cumprod
+    t = torch.tensor([999, 600, 250, 200, 100, 0])
+    w = snr_weight(a, t, 5.0)
+    snr = a[t] / (1 - a[t])
+    assert w[:2].tolist() == [1.0, 1.0] and w[-2:].tolist() == [5.0, 5.0]
+    assert w[2:4] == pytest.approx(snr[2:4]) and 1 < w[2] < w[3] < 5
+    pred, target = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
+    target[1] *= 2
+    assert diffusion_loss(pred, target, weight=torch.tensor([1.0, 3.0])).item() == pytest.approx((1 + 3 * 4) / 2)
+    assert diffusion_loss(pred, target, weight=torch.ones(2)).item() == diffusion_loss(pred, target).item()
+
+    over = ["stage0.enabled=false", "model.overrides.scheduler.prediction_type=sample"]
+    plain = tiny_run(tmp_path / "a", *over)
+    capped = tiny_run(tmp_path / "b", *over, "model.overrides.loss.snr_weight_cap=5")
+    torch.manual_seed(0)
+    model = build_stage_model_from(plain)
+    g = torch.Generator().manual_seed(0)
+    b = 4
+    batch = {"person": torch.rand(b, 3, 64, 48) * 2 - 1, "garment": torch.rand(b, 3, 64, 48) * 2 - 1,
+             "person_mask": (torch.rand(b, 1, 64, 48, generator=g) > 0.5).float(),
+             "garment_mask": (torch.rand(b, 1, 64, 48, generator=g) > 0.5).float(),
+             "category_idx": torch.tensor([0, 1, 2, 0])}
+    sched = DDPMScheduler.from_config(model.config.scheduler)
+    losses = []
+    for cap in (None, 5.0):
+        model.config.loss.snr_weight_cap = cap
+        objective = TrainingObjective(model, sched, vtoff_prob=0.5)
+        losses.append(objective(batch, seed=3)["diffusion"].item())
+    assert losses[1] > losses[0], "the weights are >= 1 and > 1 on the low-noise samples of this seed"
+    assert capped.model.build().loss.snr_weight_cap == 5.0
+    with pytest.raises(ConfigError, match="loss.snr_weight_cap: .*prediction_type 'sample'"):
+        tiny_run(tmp_path / "c", "model.overrides.loss.snr_weight_cap=5")
+    with pytest.raises(ConfigError, match="loss.snr_weight_cap"):
+        tiny_run(tmp_path / "c", *over, "model.overrides.loss.snr_weight_cap=0.5")
+
+
+def build_stage_model_from(run):
+    from training.trainer import build_stage1_model, model_config
+
+    return build_stage1_model(run, model_config(run, 1))
+
+
 # ---------------------------------------------------------------------------------------------- CatVTON warm start
 def test_frozen_dtype_bf16_stores_only_the_untrained_weights_in_bf16_and_trains(tmp_path):
     """``frozen_dtype: bf16`` (the paper preset; diffusers' scripts do it for their frozen VAE and text encoder):
@@ -411,3 +497,36 @@ def test_fsdp2_on_two_cpu_processes_trains_or_is_refused_never_silently_ddp(tmp_
         pytest.skip(f"FSDP2 training not testable on CPU: {texts[0]}")
     assert texts == ["trained: FSDP"] * 2
     assert stage_model_path(tiny_run(tmp_path / "run"), 1).is_file()
+
+
+def test_bilinear_lowpass_init_decodes_a_latent_cell_as_smooth_shading_not_a_block():
+    """``stage0.upsampling: bilinear`` (the toy preset): the low-pass initial decoder interpolates between latent
+    cells (2x bilinear per level) instead of copying each cell into a 4x4 block; white stays exactly white up to
+    the border, and one bright cell fades out over its neighbours."""
+    from diffusers import AutoencoderKL
+
+    from training.stage0_vae import identity_init_vae
+
+    cfg = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=[16, 32, 32],
+               down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+               norm_num_groups=1, sample_size=64)
+    decoded = {}
+    for mode in ("nearest", "bilinear"):
+        vae = AutoencoderKL(**cfg).eval()
+        assert identity_init_vae(vae, upsampling=mode)
+        z = torch.zeros(2, 4, 8, 6)
+        z[0, :3] = 1.0                      # white everywhere
+        z[1, :3, 4, 3] = 1.0                # one white cell on black... in [-1, 1]: on mid-gray 0
+        with torch.no_grad():
+            decoded[mode] = vae.decode(z).sample
+    near, bil = decoded["nearest"], decoded["bilinear"]
+    # the low-pass init is exact up to the GroupNorm approximation (about 1e-3), as the nearest one
+    assert torch.allclose(bil[0], torch.ones_like(bil[0]), atol=3e-3), "white must stay white, border included"
+    assert torch.allclose(bil[0], near[0], atol=1e-4)
+    cell = (slice(16, 20), slice(12, 16))  # the 4x4 pixels of latent cell (4, 3)
+    assert torch.allclose(near[1, :, cell[0], cell[1]], torch.ones(3, 4, 4), atol=0.03)
+    assert near[1, :, 20, 14].abs().max() < 3e-3, "nearest: a hard block edge"
+    row = bil[1, 0, 18, 12:22]           # from the cell's left edge into its right neighbours
+    assert 0.3 < row[:4].max() < 0.7, "bilinear: the cell's colour is spread, not copied into a block"
+    assert row[4] > 0.2 and row[5] > 0.1, "bilinear: it fades into the neighbouring cell"
+    assert all(a >= b for a, b in zip(row[1:7].tolist(), row[2:8].tolist())), row

@@ -113,6 +113,8 @@ class ModelSection:
 class Stage0Config:
     enabled: bool = False                  # fit the toy preset's own VAE before stage 1
     init: str = "lowpass"                  # "lowpass": start as a colour-exact low-pass autoencoder; "random"
+    upsampling: str = "nearest"            # lowpass init's decoder: "nearest" (4x4 blocks per latent cell) or
+                                           # "bilinear" (smooth shading; the toy preset, docs/TRAINING.md)
     max_steps: int = 300
     batch_size: int = 8
     lr: float = 3e-5
@@ -122,6 +124,10 @@ class Stage0Config:
     checkpoint_every: int = 100
     eval_every: int = 50                   # validation L1 on held-out images; the best weights are kept
 
+
+#: the trainer's AdamW parameter groups (training.objective.spec_parameter_groups, plus the toy's UNet base): the
+#: names StageConfig.frozen_groups takes
+PARAMETER_GROUPS = ("unet_transformer", "qformer", "swin", "srm", "decoder", "extended_attention", "unet_base")
 
 #: learning-rate shapes after the linear warm-up (StageConfig.lr_decay)
 LR_DECAYS = ("constant", "cosine")
@@ -149,6 +155,9 @@ class StageConfig:
     mask_warmup_steps: int = 0             # stage 1 only: the first N steps train the reference encoder on the
                                            # mask loss alone, every sample a try-off sample (no UNet, no VAE);
                                            # the UNet's learning-rate warm-up starts after them (TRAINING.md)
+    frozen_groups: list[str] = field(default_factory=list)  # parameter groups (PARAMETER_GROUPS) this stage
+                                           # leaves as they are, e.g. the toy's stage 2 keeps stage 1's garment-
+                                           # mask path ([qformer, swin, srm]); [] trains every group (the paper)
     region_reference_height: int = 1024    # stage 2: the region sampler's kernel sizes are given at this height
     checkpoint_every: int = 1000           # optimiser steps between resumable checkpoints
     keep_checkpoints: int = 2              # older ones are deleted
@@ -251,10 +260,14 @@ class RunConfig:
                 raise ConfigError(f"data.datasets[{i}].kind: expected one of {DATASET_KINDS}, got {spec.kind!r}")
         if self.stage0.init not in ("lowpass", "random"):
             raise ConfigError(f"stage0.init: expected 'lowpass' or 'random', got {self.stage0.init!r}")
+        if self.stage0.upsampling not in ("nearest", "bilinear"):
+            raise ConfigError(f"stage0.upsampling: expected 'nearest' or 'bilinear', got {self.stage0.upsampling!r}")
         if self.stage0.enabled and self.data.synthetic is None:
             raise ConfigError("stage0.enabled: the own-VAE stage is for the synthetic preset; expected data.synthetic")
+        model_cfg = self.model.build()  # raises ConfigError on a bad model section
         for i in (1, 2):
             s = self.stage(i)
+            self._validate_frozen_groups(i, model_cfg)
             if s.lr_unet_base is not None and not self.export.include_base:
                 raise ConfigError(f"stage{i}.lr_unet_base: training the UNet base changes base weights, so "
                                   "export.include_base must be true; got false")
@@ -269,8 +282,25 @@ class RunConfig:
             if missing and not self.stage0.enabled:
                 raise ConfigError(f"weights: expected local paths for {missing} "
                                   "(or weights.random_base: true for a toy run)")
-        self.model.build()  # raises ConfigError on a bad model section
         return self
+
+    def _validate_frozen_groups(self, i: int, model_cfg) -> None:
+        s, key = self.stage(i), f"stage{i}.frozen_groups"
+        groups = s.frozen_groups
+        if not isinstance(groups, (list, tuple)) or not all(isinstance(g, str) for g in groups):
+            raise ConfigError(f"{key}: expected a list of parameter-group names from {PARAMETER_GROUPS}, got {groups!r}")
+        unknown = [g for g in groups if g not in PARAMETER_GROUPS]
+        if unknown:
+            raise ConfigError(f"{key}: expected names from {PARAMETER_GROUPS}, got unknown {unknown}")
+        if i == 1 and groups:
+            raise ConfigError(f"{key}: expected [] (stage 1 trains from a fresh model; freezing is for stage 2), "
+                              f"got {list(groups)}")
+        mask_path = {"qformer", "swin", "srm"}
+        weight = model_cfg.loss.stage2_mask_weight
+        if i == 2 and mask_path <= set(groups) and weight > 0:
+            raise ConfigError(f"{key}: freezes the whole garment-mask path {sorted(mask_path)}, so its mask loss "
+                              f"trains nothing: expected model.overrides.loss.stage2_mask_weight 0, got {weight}")
+        s.frozen_groups = list(groups)
 
     def _validate_numbers(self) -> None:
         """Every numeric field in its range (a negative step count or learning rate is an error, not a no-op)."""

@@ -124,8 +124,29 @@ def _affine_norm_out_(norm: nn.GroupNorm, const: float, offset: float) -> float:
     return float(torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))))  # d/dx SiLU at offset
 
 
-def identity_init_vae(vae: AutoencoderKL, *, const: float = 3.0, offset: float = 3.0, logvar: float = -10.0) -> bool:
-    """Initialise a fresh ``AutoencoderKL`` as ``decode(encode(x)) ~= upsample_nearest(avg_pool(x))``.
+def _smooth_upsampler_(conv: nn.Conv2d, const: float) -> None:
+    """The conv after a 2x nearest upsampling as a [1, 2, 1] / 4 smoothing of the colour channels (together: 2x
+    bilinear interpolation, half-pixel centres) and the identity on the constant channels.
+
+    A 3x3 conv pads with zeros, which would darken a one-pixel frame; so the colour is smoothed relative to white
+    (1 in [-1, 1]): ``out = smooth(c) - smooth(K) / K + 1``, exactly ``smooth(c)`` inside, where the +K channel
+    is constant, and pulled towards white at the border (where garments are white)."""
+    k1 = torch.tensor([1.0, 2.0, 1.0]) / 4.0
+    k3 = torch.outer(k1, k1)
+    kc = _const_value(3, const)
+    _diag_conv_(conv, conv.out_channels, (slice(1, 2), slice(1, 2)), 1.0)
+    with torch.no_grad():
+        for c in range(3):
+            conv.weight[c, c] = k3
+            conv.weight[c, 3] = -k3 / kc
+            conv.bias[c] = 1.0
+
+
+def identity_init_vae(vae: AutoencoderKL, *, const: float = 3.0, offset: float = 3.0, logvar: float = -10.0,
+                      upsampling: str = "nearest") -> bool:
+    """Initialise a fresh ``AutoencoderKL`` as ``decode(encode(x)) ~= upsample(avg_pool(x))``, the upsampling
+    ``"nearest"`` (blocks of the latent cell's colour) or ``"bilinear"`` (2x bilinear per decoder level; a
+    sampled latent's errors then show as smooth shading instead of cell-sized blocks, docs/TRAINING.md).
 
     A randomly initialised AutoencoderKL learns colour very late (luminance structure first: in our
     measurements chroma appeared only after ~1,500 steps), so stage 0 starts from this colour-exact
@@ -179,8 +200,11 @@ def identity_init_vae(vae: AutoencoderKL, *, const: float = 3.0, offset: float =
     for block in dec.up_blocks:
         for r in block.resnets:
             _identity_resnet_(r, const)
-        for u in block.upsamplers or []:  # nearest x2
-            _diag_conv_(u.conv, u.conv.out_channels, centre, 1.0)
+        for u in block.upsamplers or []:  # nearest x2, then the identity or a bilinear smoothing
+            if upsampling == "bilinear":
+                _smooth_upsampler_(u.conv, const)
+            else:
+                _diag_conv_(u.conv, u.conv.out_channels, centre, 1.0)
     slope = _affine_norm_out_(dec.conv_norm_out, const, offset)
     with torch.no_grad():
         dec.conv_out.weight.zero_()
@@ -292,7 +316,7 @@ def train_vae(run: RunConfig, cfg: TWGTMConfig, dataset, accelerator) -> Path:
     torch.manual_seed(run.seed)
     vae = AutoencoderKL(**cfg.vae)
     if s0.init == "lowpass":
-        identity_init_vae(vae)
+        identity_init_vae(vae, upsampling=s0.upsampling)
     opt = torch.optim.AdamW(vae.parameters(), lr=s0.lr, weight_decay=0.0)
     start = 0
     if (ckpt_dir / "state.json").is_file():  # resume

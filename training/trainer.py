@@ -316,7 +316,8 @@ def build_stage_model(run: RunConfig, stage: int) -> TWGTMComponents:
 
 def parameter_groups(model: TWGTMComponents, s: StageConfig) -> list[dict]:
     """The spec's trainable sets (:func:`training.objective.spec_parameter_groups`), plus the UNet base when
-    ``lr_unet_base`` is set (toy preset only: its UNet is random, there is no pretrained base to keep frozen)."""
+    ``lr_unet_base`` is set (toy preset only: its UNet is random, there is no pretrained base to keep frozen),
+    less the groups the stage names in ``frozen_groups`` (their parameters get ``requires_grad=False``)."""
     groups = spec_parameter_groups(model, lr_unet=s.lr_unet, lr_new=s.lr_new, lr_swin=s.lr_swin)
     if s.lr_unet_base is not None:
         taken = {id(p) for g in groups for p in g["params"]}
@@ -324,7 +325,11 @@ def parameter_groups(model: TWGTMComponents, s: StageConfig) -> list[dict]:
         for p in base:
             p.requires_grad_(True)
         groups.append({"name": "unet_base", "params": base, "lr": s.lr_unet_base})
-    return [g for g in groups if g["params"]]
+    for g in groups:
+        if g["name"] in s.frozen_groups:
+            for p in g["params"]:
+                p.requires_grad_(False)
+    return [g for g in groups if g["params"] and g["name"] not in s.frozen_groups]
 
 
 _FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
