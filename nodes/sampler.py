@@ -69,8 +69,9 @@ class TWGTMSampler(io.ComfyNode):
                                 tooltip="Try-on: the dressed person, at the person's size. Try-off: the flat "
                                         "garment on white, at the model's size (3:4)."),
                 io.Mask.Output(display_name="mask",
-                               tooltip="Try-off: the predicted flat-garment mask (probabilities). "
-                                       "Try-on: the region that was dressed."),
+                               tooltip="Try-off: the predicted flat-garment mask (probabilities; a model "
+                                       "without a Spatial Refinement Module predicts none and returns the "
+                                       "region generated). Try-on: the region that was dressed."),
             ],
         )
 
@@ -101,5 +102,11 @@ class TWGTMSampler(io.ComfyNode):
             return io.NodeOutput(bchw_to_image(out.images, out_device), b1hw_to_mask(region, out_device))
         if c.task == TRY_OFF:
             out = pipe.try_off(c.person, c.category, c.mask, **options)
-            return io.NodeOutput(bchw_to_image(out.images, out_device), b1hw_to_mask(out.garment_mask, out_device))
+            mask = out.garment_mask
+            if mask is None:  # a model without an SRM (ablation Variant 1) predicts no mask: the region generated
+                size = tuple(out.images.shape[-2:])
+                mask = torch.ones(out.images.shape[0], 1, *size) if c.mask is None else \
+                    as_mask_batch(c.mask, "mask", size, c.batch_size)
+                mask[mask.flatten(1).amax(1) == 0] = 1.0  # an empty mask means the whole canvas (the pipeline's rule)
+            return io.NodeOutput(bchw_to_image(out.images, out_device), b1hw_to_mask(mask, out_device))
         raise InputError(f"conditioning.task: expected {TRY_ON!r} or {TRY_OFF!r}, got {c.task!r}")

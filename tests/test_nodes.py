@@ -610,6 +610,28 @@ def test_try_off_mask_free_and_with_a_box(pack, handle, stubs):
     assert garment_box.shape == garment.shape and not torch.equal(garment_box, garment)
 
 
+def test_a_model_without_srm_returns_its_region_and_refuses_the_garment_mask(pack, base, stubs):
+    """Ablation Variant 1 (``use_srm`` false) predicts no garment mask: the Sampler's try-off mask output is the
+    region it generated (the whole canvas, or the given box), and the Garment Mask node is a typed error."""
+    torch.manual_seed(0)
+    model = TWGTMComponents.build(TWGTMConfig.tiny(use_srm=False), random_prompts=True)
+    save_twgtm(model, base / "models" / "twgtm" / "no_srm.safetensors", include_base=True)
+    loader = pack.nodes.loader
+    (h,) = run(pack.registered.classes["TWGTMModelLoader"], twgtm_file="no_srm.safetensors",
+               base_model=loader.BUNDLED, vae=loader.NO_VAE, clip_vision=loader.BUNDLED, dtype="fp32")
+    person, _, _ = images(b=1)
+    (cond,) = run(pack.registered.classes["TWGTMTryOffConditioning"], person=person, category="lower")
+    garment, region = sample(pack, h, cond, cfg=1.0)
+    assert garment.shape == (1, 64, 48, 3) and torch.equal(region, torch.ones(1, 64, 48))
+    box = torch.zeros(1, 64, 48)
+    box[:, 8:56, 6:42] = 1.0
+    (boxed,) = run(pack.registered.classes["TWGTMTryOffConditioning"], person=person, category="lower", mask=box)
+    assert torch.equal(sample(pack, h, boxed, cfg=1.0)[1], box)
+    with pytest.raises(lib(pack, "errors").ConfigError, match="predict_garment_mask: expected a model with a "
+                                                              "Spatial Refinement Module"):
+        run(pack.registered.classes["TWGTMGarmentMask"], model=h, person=person, category="upper", threshold=0.5)
+
+
 def test_garment_mask_threshold(pack, handle, stubs):
     person, _, _ = images(b=2)
     node = pack.registered.classes["TWGTMGarmentMask"]

@@ -7,6 +7,7 @@ Commands::
     evaluate  the paper's protocols (VTON paired/unpaired, VTOFF) on a dataset's test split
     export    copy the last stage's weights to the file the nodes load
     report    the synthetic baseline report for a run's exported model
+    ablate    the paper's Table-4 ablation variants, each a main job with --set overrides (docs/ABLATIONS.md)
 
 Examples::
 
@@ -15,6 +16,7 @@ Examples::
     accelerate launch -m training train --config configs/paper_vitonhd_dresscode.yaml --stage all
     python -m training evaluate --checkpoint runs/paper/twgtm_paper.safetensors --data /data/zalando-hd-resized \\
         --config configs/paper_vitonhd_dresscode.yaml --out runs/paper/eval
+    python -m training ablate --variants twgtm v1 v3 v4 v5 v6 v8 --seeds 2 --output-dir runs/ablate
 """
 from __future__ import annotations
 
@@ -186,6 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. a validation set: python -m training.synthetic --out DIR --n-train 0 "
                                        "--n-test 64 --height 64 --width 48 --seed 1")
     p.add_argument("--out", help="report folder (default: <output_dir>/report)")
+
+    from .ablate import VARIANTS
+
+    p = sub.add_parser("ablate", help="the paper's Table-4 ablations: one main job per variant and seed, then "
+                                      "<output-dir>/ablations.md (docs/ABLATIONS.md)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="run YAML of TWGTM, the base of every variant")
+    p.add_argument("--output-dir", default="runs/ablate", help="root: <variant>/seed<k>/ per run, data/ shared")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value of the base config "
+                                                                      "(every variant, repeatable)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
+                   help=f"variants among {', '.join(VARIANTS)} (default: all)")
+    p.add_argument("--seeds", type=_int_arg(1), default=2, help="training seeds per variant: seed + 0 .. seed + N-1")
+    p.add_argument("--max-steps", type=steps, help="max steps of every stage (the mask warm-up keeps its share)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     return parser
 
 
@@ -464,6 +480,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    from .ablate import run_ablation
+
+    run_ablation(args.variants, args.seeds, args.output_dir, main_job=main, report=_report,
+                 config=str(_config_path(args.config)),
+                 sets=list(args.set or []), max_steps=args.max_steps, log_level=args.log_level, cpu=args.cpu)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
@@ -475,7 +500,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     handlers = {"main": cmd_main, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export,
-                "report": cmd_report}
+                "report": cmd_report, "ablate": cmd_ablate}
     try:
         return handlers[args.command](args)
     except TWGTMError as exc:

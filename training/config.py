@@ -282,6 +282,14 @@ class RunConfig:
             if missing and not self.stage0.enabled:
                 raise ConfigError(f"weights: expected local paths for {missing} "
                                   "(or weights.random_base: true for a toy run)")
+        if not model_cfg.use_srm:  # ablation Variant 1: no SRM, so no garment mask to warm up or to place try-off by
+            if self.stage1.mask_warmup_steps:
+                raise ConfigError(f"stage1.mask_warmup_steps: expected 0 with model.overrides.use_srm false (the "
+                                  f"warm-up trains the SRM's garment mask), got {self.stage1.mask_warmup_steps}")
+            if self.eval.tryoff_region.startswith("pred"):
+                raise ConfigError(f"eval.tryoff_region: expected one of {[r for r in TRYOFF_REGIONS if 'pred' not in r]} "
+                                  f"with model.overrides.use_srm false (no SRM: no predicted garment mask), got "
+                                  f"{self.eval.tryoff_region!r}")
         return self
 
     def _validate_frozen_groups(self, i: int, model_cfg) -> None:

@@ -154,7 +154,7 @@ def _run_protocol(model: TWGTMComponents, proto: str, ds, n: int, opts: EvalOpti
                              tryoff_region=opts.tryoff_region, garment_mask=batch["garment_mask"],
                              tasks=("tryoff", "mask"), indices=batch["index"])
             pred = outs["tryoff"]
-            recs = scorers["garment"](pred, garment, pred_mask=outs["mask"], gt_mask=batch["garment_mask"])
+            recs = scorers["garment"](pred, garment, pred_mask=outs.get("mask"), gt_mask=batch["garment_mask"])
         batch_ids = [ids[int(j)] for j in batch["index"]]
         if opts.save_images:
             _save_images(pred, batch_ids, image_dir)

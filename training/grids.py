@@ -70,6 +70,9 @@ def sample_grid(model: TWGTMComponents, items: dict, path: str | Path, *, steps:
     if "garment_target" in items:
         rows.append(list(to_unit(items["garment_target"])))
         labels.append("try-on GT")
-    rows += [list(outs["tryoff"]), list(outs["mask"])]
-    labels += ["try-off", "pred. mask"]
+    rows.append(list(outs["tryoff"]))
+    labels.append("try-off")
+    if "mask" in outs:  # none from a model without an SRM (ablation Variant 1)
+        rows.append(list(outs["mask"]))
+        labels.append("pred. mask")
     return save_image_grid(rows, path, row_labels=labels)

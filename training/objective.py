@@ -119,6 +119,7 @@ class TrainingObjective(nn.Module):
         category (docs/TRAINING.md); trained on the mask alone it leaves it after a few hundred cheap steps."""
         if self.components.stage != 1:
             raise ConfigError(f"mask_only: expected stage 1 (the mask warm-up), got stage {self.components.stage}")
+        self.reference_encoder.require_srm("stage1.mask_warmup_steps")
         dev, dtype = self.reference_encoder.device, self.reference_encoder.dtype
         person = batch["person"].to(dev, dtype)
         garment_mask = batch["garment_mask"].to(dev, torch.float32)
@@ -172,8 +173,9 @@ class TrainingObjective(nn.Module):
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(dev)
         z_t = self.noise_scheduler.add_noise(cond.z0, noise, t)
 
-        mask_w = cfg.loss.mask_weight if stage == 1 else cfg.loss.stage2_mask_weight
-        need_srm = stage == 2 or (mask_w > 0 and bool(vtoff.any()))
+        # the mask loss needs TFQ_0: a model without an SRM (ablation Variant 1) has neither
+        mask_w = (cfg.loss.mask_weight if stage == 1 else cfg.loss.stage2_mask_weight) if cfg.use_srm else 0.0
+        need_srm = cfg.use_srm and (stage == 2 or (mask_w > 0 and bool(vtoff.any())))
         feats = self.reference_encoder(reference.to(dtype), cat_idx, with_srm=need_srm)
         f_sam = feats.sam.f_sam * keep.view(-1, 1, 1).to(dtype)
         srm_mask = None
@@ -224,12 +226,18 @@ def spec_parameter_groups(components: TWGTMComponents, *, lr_unet: float = 1e-5,
             ea.append(p)
         elif is_unet_transformer(name):
             unet_tf.append(p)
-    swin = list(ref.srm.swin.parameters())
+    # ablation variants: no SRM (Variant 1) leaves the swin and srm groups empty; no Q-Former (Variant 8) trains
+    # the SAM's width projections, if the widths differ, in its place
+    swin = list(ref.srm.swin.parameters()) if ref.srm is not None else []
     swin_ids = {id(p) for p in swin}
-    srm_rest = [p for p in ref.srm.parameters() if id(p) not in swin_ids]
+    srm_rest = [p for p in ref.srm.parameters() if id(p) not in swin_ids] if ref.srm is not None else []
+    sam = ref.sam
+    sam_trained = [sam.qformer] if sam.qformer is not None else \
+        [m for m in (sam.vision_proj, sam.text_proj) if m is not None]
     groups = [
         {"name": "unet_transformer", "params": unet_tf, "lr": lr_unet},
-        {"name": "qformer", "params": list(ref.sam.qformer.parameters()), "lr": lr_new},
+        {"name": "qformer" if sam.qformer is not None else "sam_projection",
+         "params": [p for m in sam_trained for p in m.parameters()], "lr": lr_new},
         {"name": "swin", "params": swin, "lr": lr_swin},
         {"name": "srm", "params": srm_rest, "lr": lr_new},
     ]

@@ -216,9 +216,10 @@ def _item_records(batch: dict, outs: dict[str, torch.Tensor], means: TrainingMea
                    "person_resized": fit_to_canvas(person, canvas, 1.0, mode="bicubic")[0].clamp(0, 1),
                    "mean_garment": means.garment.expand(n, -1, -1, -1).contiguous(),
                    "category_mean_garment": cat_garment},
-        "mask": {"model": outs["mask"], "mean_mask": means.mask.expand(n, -1, -1, -1).contiguous(),
-                 "category_mean_mask": cat_mask},
+        "mask": {"mean_mask": means.mask.expand(n, -1, -1, -1).contiguous(), "category_mean_mask": cat_mask},
     }
+    if "mask" in outs:  # a model without an SRM (ablation Variant 1) predicts no garment mask
+        candidates["mask"] = {"model": outs["mask"], **candidates["mask"]}
     per_item: list[dict] = [{"index": int(j), "id": i, "category": c, "results": {t: {} for t in candidates},
                              "changed_fraction": float(changed[k].mean()),
                              "repaint_fraction": float((region[k] > 0.5).float().mean())}
@@ -246,11 +247,12 @@ def _item_records(batch: dict, outs: dict[str, torch.Tensor], means: TrainingMea
 
 
 def _reduce(records: Sequence[dict]) -> tuple[dict, dict[str, str]]:
-    """{task: {candidate: {metric: value}}} over ``records`` and the skipped metrics' reasons."""
+    """{task: {candidate: {metric: value}}} over ``records`` and the skipped metrics' reasons. A task the model
+    has no output for (the garment mask of a model without an SRM) gets a model row of None values."""
     results: dict[str, dict[str, dict[str, Optional[float]]]] = {}
     skipped: dict[str, str] = {}
     for task, rows in records[0]["results"].items():
-        results[task] = {}
+        results[task] = {} if "model" in rows else {"model": {m: None for m in TASK_METRICS[task]}}
         for name in rows:
             res = reduce_items([r["results"][task][name] for r in records], TASK_METRICS[task])
             results[task][name] = dict(res)
@@ -259,12 +261,14 @@ def _reduce(records: Sequence[dict]) -> tuple[dict, dict[str, str]]:
 
 
 def _compare(results: dict, category: str, triples) -> list[dict]:
+    """The comparisons; one the model has no value for (no predicted mask without an SRM) has
+    ``model_better`` None: not available, neither won nor lost."""
     out = []
     for task, metric, baseline in triples:
         mv, bv = results[task]["model"][metric], results[task][baseline][metric]
         better = mv is not None and bv is not None and ((mv > bv) if HIGHER_IS_BETTER[metric] else (mv < bv))
         out.append({"category": category, "task": task, "metric": metric, "baseline": baseline, "model": mv,
-                    "baseline_value": bv, "model_better": bool(better)})
+                    "baseline_value": bv, "model_better": None if mv is None else bool(better)})
     return out
 
 
@@ -316,10 +320,14 @@ def baseline_report(model: TWGTMComponents, run, out_dir: str | Path, *, timings
     for c in present:
         comparisons += _compare(per_category[c]["results"], c, CATEGORY_COMPARISONS)
     failed = [f"{x['task']} {x['metric']} vs {x['baseline']} ({x['category']})"
-              for x in comparisons if not x["model_better"]]
+              for x in comparisons if x["model_better"] is False]
     passed = not failed
     notes = [f"no training item of category {c!r}: its category baselines are the all-category means"
              for c in present if c not in means.by_category]
+    if not cfg.use_srm:
+        notes.append("the model has no Spatial Refinement Module (use_srm false, ablation Variant 1), so it predicts "
+                     "no garment mask: its mask IoU is not available (null) and the mask comparisons are left out "
+                     "of 'passed'")
 
     report = {
         "passed": passed,
@@ -357,10 +365,16 @@ def _report_grid(parts: list[tuple[dict, dict]], path: Path, n: int = _GRID_ITEM
     mask = cat("mask", "batch")
     rows = [person, mask, to_unit(cat("garment", "batch")), cat("tryon", "outs"), gt_on,
             changed_region(person, gt_on, mask), cat("tryoff", "outs"), to_unit(cat("own_garment", "batch")),
-            cat("mask", "outs"), cat("garment_mask", "batch")]
+            cat("mask", "outs") if "mask" in parts[0][1] else torch.zeros_like(cat("garment_mask", "batch")),
+            cat("garment_mask", "batch")]
     labels = ["person", "repaint mask", "garment", "try-on (model)", "try-on GT", "changed region",
-              "try-off (model)", "try-off GT", "mask (model)", "mask GT"]
+              "try-off (model)", "try-off GT",
+              "mask (model)" if "mask" in parts[0][1] else "mask (model: none)", "mask GT"]
     return save_image_grid([list(r) for r in rows], path, row_labels=labels)
+
+
+def _better(value: Optional[bool]) -> str:
+    return "n/a" if value is None else ("yes" if value else "NO")
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -409,7 +423,7 @@ def _markdown(report: dict) -> str:
               "|---|---|---|---|---:|---:|:---:|"]
     for c in report["comparisons"]:
         lines.append(f"| {c.get('category', 'all')} | {c['task']} | {c['metric']} | {c['baseline']} | {_fmt(c['model'])} | "
-                     f"{_fmt(c['baseline_value'])} | {'yes' if c['model_better'] else 'NO'} |")
+                     f"{_fmt(c['baseline_value'])} | {_better(c['model_better'])} |")
     if report["skipped"]:
         lines += ["", "Skipped metrics (no backbone files; nothing is downloaded):", ""]
         seen = set()

@@ -40,6 +40,8 @@ def run_model(model: TWGTMComponents, person: torch.Tensor, garment: torch.Tenso
     pred / ``"pred_mask"``). With a region the canvas stays white outside it (the pipeline's paste-back,
     as try-on pastes the person back outside its mask).
 
+    A model without an SRM (ablation Variant 1) predicts no garment mask: the result then has no ``"mask"``.
+
     Item ``j`` of the split (``indices[k]``, default ``k``) is sampled with seed ``seed + j`` whatever the
     batching, so a split evaluated in batches, in shards over processes or resumed gives the same images.
     """
@@ -66,11 +68,15 @@ def run_model(model: TWGTMComponents, person: torch.Tensor, garment: torch.Tenso
                                guidance_scale=guidance_scale, eta=eta, generator=gen, scheduler=scheduler,
                                output_size=canvas)
             out["tryoff"].append(off.images)
-            if "mask" in tasks:
+            if "mask" in tasks and off.garment_mask is not None:
                 out["mask"].append(off.garment_mask)
-        elif "mask" in tasks:
+        elif "mask" in tasks and _predicts_mask(model):
             out["mask"].append(pipe.predict_garment_mask(person[sl], cats, output_size=canvas))
-    return {k: torch.cat(v) for k, v in out.items()}
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def _predicts_mask(model: TWGTMComponents) -> bool:
+    return model.reference_encoder is not None and model.reference_encoder.has_srm
 
 
 def item_seed_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:

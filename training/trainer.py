@@ -585,7 +585,8 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     model = build_stage_model(run, stage)
     if run.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-        model.reference_encoder.srm.enable_gradient_checkpointing(True)
+        if model.reference_encoder.srm is not None:
+            model.reference_encoder.srm.enable_gradient_checkpointing(True)
     groups = parameter_groups(model, s)
     group_names = [g["name"] for g in groups]
     if run.frozen_dtype in _FROZEN_DTYPES and _is_fsdp(accelerator):

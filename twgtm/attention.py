@@ -214,6 +214,97 @@ class ExtendedAttnProcessor(nn.Module):
         return finish(out)
 
 
+class ConcatAttnProcessor:
+    """Variant 6 of the paper's ablations (``srm_fusion: concat``): the level's F_SRM tokens are joined to the
+    self-attention's keys and values, projected by ``attn1``'s own ``to_k`` / ``to_v``, and one softmax runs
+    over both: ``SelfAttn(Q, [K; K_srm], [V; V_srm])``, the same as concatenating F_SRM to the tokens before
+    self-attention and keeping the outputs of the UNet tokens only. No weights of its own (no ZLL: the term is
+    not zero at the start of stage 2).
+
+    The gates act on the SRM keys' attention weights before normalisation (an additive ``log gate``, as the
+    TaskFormer's soft masks): ``srm_gate`` 0 (CFG drop) or a task-gate token at 0 removes them, so the row
+    attends to the UNet tokens alone, exactly plain self-attention. Same keyword arguments as
+    :class:`ExtendedAttnProcessor` (module docstring).
+    """
+
+    def __init__(self, level: int, name: str = ""):
+        self.level = level
+        self.name = name
+
+    @staticmethod
+    def kv(attn, srm_feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K_srm, V_srm heads of one level's features (Bs, T, C) -> (Bs, heads, T, C/heads), with attn1's weights."""
+        srm_feature = srm_feature.to(attn.to_k.weight.dtype)
+        return _heads(attn.to_k(srm_feature), attn.heads), _heads(attn.to_v(srm_feature), attn.heads)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 srm=None, srm_gate=None, srm_rows=None, srm_kv=None, srm_mask=None):
+        kv = srm_kv.get(self.name) if srm_kv else None
+        off = (kv is None and srm is None) or (isinstance(srm_gate, (int, float)) and srm_gate == 0)
+        if off or encoder_hidden_states is not None:
+            out, _, finish = _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return finish(out)
+        if kv is None:
+            kv = self.kv(attn, srm[self.level])
+        return _concat_attention(attn, hidden_states, attention_mask, temb, kv, srm_gate, srm_rows, srm_mask)
+
+
+def _concat_attention(attn, hidden_states, attention_mask, temb, kv, srm_gate, srm_rows, srm_mask):
+    """Self-attention whose rows ``srm_rows`` also attend to the SRM keys/values ``kv`` (ConcatAttnProcessor)."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    input_ndim = hidden_states.ndim
+    if input_ndim == 4:
+        b4, c4, h4, w4 = hidden_states.shape
+        hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
+    batch_size, seq_len, _ = hidden_states.shape
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch_size)
+        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    q, k, v = (_heads(x, attn.heads) for x in (query, attn.to_k(hidden_states), attn.to_v(hidden_states)))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    rows = srm_rows if srm_rows is not None else slice(None)
+    k2, v2 = (t.to(q.dtype) for t in kv)
+    if attn.norm_k is not None:
+        k2 = attn.norm_k(k2)
+    q_r, k_r, v_r = q[rows], k[rows], v[rows]
+    if k2.shape[0] != q_r.shape[0]:
+        raise ValueError(f"srm features: expected batch {q_r.shape[0]} (rows {rows}), got {k2.shape[0]}")
+    # gate (Bs, 1, T, 1) in [0, 1] on the SRM keys, as an additive log bias: 0 removes them
+    gate = torch.ones(q_r.shape[0], 1, q_r.shape[2], 1, dtype=q.dtype, device=q.device)
+    if srm_gate is not None:
+        g = srm_gate if isinstance(srm_gate, (int, float)) else srm_gate.to(q.dtype).view(-1, 1, 1, 1)
+        gate = gate * g
+    if srm_mask is not None:
+        gate = gate * srm_mask.tokens(q_r.shape[2], q.dtype)[:, None]  # (Bs, 1, T, 1)
+    bias = torch.cat([torch.zeros_like(gate).expand(-1, -1, -1, k_r.shape[2]),
+                      torch.log(gate).expand(-1, -1, -1, k2.shape[2])], dim=-1)  # (Bs, 1, T, T + T_srm)
+    if attention_mask is not None:
+        bias = bias + F.pad(attention_mask[rows].to(q.dtype), (0, k2.shape[2]))
+    joined = F.scaled_dot_product_attention(q_r, torch.cat([k_r, k2], 2), torch.cat([v_r, v2], 2),
+                                            attn_mask=bias)  # (Bs, heads, T, d)
+    if srm_rows is None:
+        out_heads = joined
+    else:
+        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+        start = rows.start or 0
+        stop = q.shape[0] if rows.stop is None else rows.stop
+        out_heads = torch.cat([plain[:start], joined, plain[stop:]])
+    out = attn.to_out[1](attn.to_out[0](_merge(out_heads).to(query.dtype)))
+    if input_ndim == 4:
+        out = out.transpose(-1, -2).reshape(b4, c4, h4, w4)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 def attn1_names(unet) -> list[str]:
     """Processor names of every self-attention (``attn1``) in the UNet, in module order."""
     return [n for n in unet.attn_processors if n.endswith(ATTN1_SUFFIX)]
@@ -224,13 +315,16 @@ def set_plain_processors(unet) -> None:
     unet.set_attn_processor({name: TWGTMAttnProcessor() for name in unet.attn_processors})
 
 
-def add_extended_attention(unet) -> dict[str, ExtendedAttnProcessor]:
+def add_extended_attention(unet, fusion: str = "extended_attention") -> dict:
     """Stage 2: every ``attn1`` becomes an :class:`ExtendedAttnProcessor` (K'/V' copied from to_k/to_v,
-    ZLL zero), so the UNet output is bit-identical to stage 1 until ZLL is trained."""
+    ZLL zero), so the UNet output is bit-identical to stage 1 until ZLL is trained. ``fusion="concat"``
+    (``config.srm_fusion``, ablation Variant 6) installs a :class:`ConcatAttnProcessor` instead."""
     procs = {}
     modules = dict(unet.named_modules())
     for name in unet.attn_processors:
-        if name.endswith(ATTN1_SUFFIX):
+        if name.endswith(ATTN1_SUFFIX) and fusion == "concat":
+            procs[name] = ConcatAttnProcessor(level_from_name(name), name=name)
+        elif name.endswith(ATTN1_SUFFIX):
             attn = modules[name[: -len(".processor")]]
             p = ExtendedAttnProcessor(attn.to_q.out_features, level_from_name(name), name=name)
             p.init_from(attn)
@@ -244,14 +338,23 @@ def extended_processors(unet) -> dict[str, ExtendedAttnProcessor]:
     return {n: p for n, p in unet.attn_processors.items() if isinstance(p, ExtendedAttnProcessor)}
 
 
+def srm_processors(unet) -> dict:
+    """Every processor that takes F_SRM: Extended Attention (eq. 13) or the Variant-6 concatenation."""
+    return {n: p for n, p in unet.attn_processors.items() if isinstance(p, (ExtendedAttnProcessor, ConcatAttnProcessor))}
+
+
 def precompute_srm_kv(unet, srm: dict[int, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """K'/V' for every Extended Attention processor, once per call (they do not depend on t)."""
+    """K'/V' for every Extended Attention processor (K_srm/V_srm for Variant 6's), once per call (they do not
+    depend on t)."""
     unet = getattr(unet, "_orig_mod", unet)  # a torch.compile wrapper prefixes module names
     modules = dict(unet.named_modules())
     out = {}
-    for name, proc in extended_processors(unet).items():
+    for name, proc in srm_processors(unet).items():
         attn = modules[name[: -len(".processor")]]
-        out[name] = proc.project(srm[proc.level].to(attn.to_q.weight.dtype), attn.heads)
+        if isinstance(proc, ConcatAttnProcessor):
+            out[name] = proc.kv(attn, srm[proc.level])
+        else:
+            out[name] = proc.project(srm[proc.level].to(attn.to_q.weight.dtype), attn.heads)
     return out
 
 

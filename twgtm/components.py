@@ -64,8 +64,8 @@ class TWGTMComponents:
         if reference_encoder:
             ref = ReferenceEncoder(config, clip_vision=clip_vision, text_encoder=text_encoder, tokenizer=tokenizer,
                                    random_prompts=random_prompts)
-        if config.stage == 2 and ref is not None:
-            add_extended_attention(unet)
+        if config.stage == 2 and ref is not None and ref.has_srm:  # Variant 1 (no SRM): no F_SRM to fuse
+            add_extended_attention(unet, config.srm_fusion)
         return cls(config=config, unet=unet, vae=vae, reference_encoder=ref)
 
     # ------------------------------------------------------------------ stage
@@ -75,7 +75,8 @@ class TWGTMComponents:
 
     def enable_stage2(self) -> None:
         """Stage 1 -> stage 2: the Decoder and the Extended Attention processors (K'/V' copied from
-        to_k/to_v, ZLL zero), so the model's output right after this call equals stage 1's."""
+        to_k/to_v, ZLL zero), so the model's output right after this call equals stage 1's. Ablation variants
+        (``config.use_srm`` false: nothing is added; ``srm_fusion: concat``: Variant 6's processors) differ."""
         if self.config.stage == 2:
             return
         if self.reference_encoder is None:
@@ -83,7 +84,8 @@ class TWGTMComponents:
                               "(reference_encoder=None), which has no stage 2")
         self.config.stage = 2
         self.reference_encoder.add_decoder()
-        add_extended_attention(self.unet)
+        if self.reference_encoder.has_srm:  # Variant 1 (use_srm false): stage 2 adds nothing
+            add_extended_attention(self.unet, self.config.srm_fusion)
 
     def extended_attention_processors(self) -> dict:
         return extended_processors(self.unet)

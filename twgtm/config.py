@@ -23,6 +23,7 @@ from .errors import ConfigError
 # Canonical category names, and the aliases users and datasets use for them.
 CATEGORIES: tuple[str, ...] = ("upper", "lower", "dress")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # what the UNet predicts; SD1.5: epsilon
+SRM_FUSIONS = ("extended_attention", "concat")  # TWGTMConfig.srm_fusion: eq. 13 (the paper) or Variant 6
 CATEGORY_ALIASES: dict[str, str] = {
     "upper": "upper", "upper_body": "upper", "upper garment": "upper", "top": "upper", "tops": "upper",
     "lower": "lower", "lower_body": "lower", "lower garment": "lower", "bottom": "lower", "bottoms": "lower",
@@ -80,6 +81,12 @@ def _num(name: str, value: Any, *, lo: float | None = None, hi: float | None = N
     if not ok:
         _fail(name, f"a finite number {_bounds(lo, hi, lo_open, hi_open)}".rstrip(), value)
     return float(value)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(name, "true or false", value)
+    return value
 
 
 def _str(name: str, value: Any, *, choices: tuple = ()) -> str:
@@ -238,6 +245,11 @@ class TWGTMConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     cfg_dropout: float = 0.1      # p of dropping reference latent + F_SAM + SRM gate together (CatVTON)
     stage: int = 2                # 1: no Extended Attention / Decoder; 2: full model
+    # --- ablation switches (docs/ABLATIONS.md; the defaults are the paper's model) ---------------
+    use_srm: bool = True          # False: Variant 1, no SRM, Decoder or Extended Attention (no predicted mask)
+    use_qformer: bool = True      # False: Variant 8, CLIP image + prompt tokens straight to cross-attention
+    srm_fusion: str = "extended_attention"  # how F_SRM enters attn1: eq. 13's gated cross term, or "concat":
+                                            # Variant 6, F_SRM tokens joined to attn1's keys/values
     # --- inference defaults --------------------------------------------------------------------
     num_inference_steps: int = 50  # CatVTON default
     guidance_scale: float = 2.5    # CatVTON default
@@ -302,6 +314,15 @@ class TWGTMConfig:
         """(h, w) of the reference half at levels 0, 1, 2: ceil(h / 2^l), never hard-coded."""
         h, w = self.latent_size
         return tuple((-(-h // 2 ** lvl), -(-w // 2 ** lvl)) for lvl in range(3))
+
+    @property
+    def semantic_token_count(self) -> int:
+        """Tokens of F_QF, the SAM output the SRM reads (S1): the Q-Former's N queries, or without a Q-Former
+        (Variant 8) the CLIP image tokens (patches + class token) followed by the prompt's text tokens."""
+        if self.use_qformer:
+            return self.qformer.num_queries
+        cv = self.clip_vision
+        return (int(cv["image_size"]) // int(cv["patch_size"])) ** 2 + 1 + self.text_max_length
 
     def category_index(self, category: str) -> int:
         return self.categories.index(canonical_category(category))
@@ -398,6 +419,15 @@ class TWGTMConfig:
                                   f"'sample'; got {kind!r} (set loss.snr_weight_cap to null)")
         self.cfg_dropout = _num("cfg_dropout", self.cfg_dropout, lo=0.0, hi=1.0)
         self.stage = _int("stage", self.stage, choices=(1, 2))
+        self.use_srm = _bool("use_srm", self.use_srm)
+        self.use_qformer = _bool("use_qformer", self.use_qformer)
+        self.srm_fusion = _str("srm_fusion", self.srm_fusion, choices=SRM_FUSIONS)
+        if not self.use_srm and self.srm_fusion != SRM_FUSIONS[0]:
+            _fail("srm_fusion", f"{SRM_FUSIONS[0]!r} (the default) when use_srm is false (no SRM features to fuse)",
+                  self.srm_fusion)
+        if not self.use_qformer:
+            for key in ("image_size", "patch_size"):
+                _int(f"clip_vision.{key}", _key(self.clip_vision, "clip_vision", key), lo=1)
         self.num_inference_steps = _int("num_inference_steps", self.num_inference_steps, lo=1, hi=timesteps - offset)
         self.guidance_scale = _num("guidance_scale", self.guidance_scale, lo=1.0, hi=100.0)
         self.eta = _num("eta", self.eta, lo=0.0)

@@ -45,7 +45,8 @@ Prepare = Callable[..., None]  # prepare(*component_names)
 @dataclass
 class TWGTMOutput:
     images: torch.Tensor                   # (B, 3, H, W) in [0, 1]
-    garment_mask: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1], predicted flat-garment mask (try-off)
+    garment_mask: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1], predicted flat-garment mask (try-off;
+                                              # None: a model without an SRM predicts none)
 
 
 def schedule_length(steps: int, strength: float) -> int:
@@ -446,10 +447,12 @@ class TWGTMPipeline:
         :meth:`try_on`.
 
         Returns ``images`` (B, 3, H, W) at ``output_size`` (default: the model canvas size) and the
-        predicted flat-garment mask ``garment_mask`` (B, 1, H, W) at the same size.
+        predicted flat-garment mask ``garment_mask`` (B, 1, H, W) at the same size; a model without a Spatial
+        Refinement Module (``config.use_srm`` false, ablation Variant 1) predicts none: ``garment_mask`` is None
+        and ``predicted_box`` / ``predicted_mask`` are a ConfigError.
         """
         # 1. check inputs (all of them before any model work)
-        self._need_reference_encoder("try_off")
+        ref = self._need_reference_encoder("try_off")
         opts = self._options(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
                              strength=strength, scheduler=scheduler, output_size=output_size,
                              paste_back=paste_back, callback=callback)
@@ -463,6 +466,8 @@ class TWGTMPipeline:
                                   ("predicted_mask", predicted_mask)) if on]
         if len(chosen) > 1:
             raise InputError(f"mask/predicted_box/predicted_mask: expected at most one of them, got {chosen}")
+        if predicted_box or predicted_mask:  # a model without an SRM (ablation Variant 1) predicts no mask
+            ref.require_srm("predicted_box" if predicted_box else "predicted_mask")
         person = as_image_batch(person, "person")
         b = person.shape[0]
         canvas = (self.config.height, self.config.width)
@@ -473,8 +478,8 @@ class TWGTMPipeline:
         reference = self._to_pixels(person_c)
 
         # 2. reference features, once: they also give the predicted flat-garment mask (TFQ_0)
-        feats = self.reference_features(reference, cat_idx, with_srm=True)
-        probs = self._mask_probs(feats.srm.tfq0_logits[-1], canvas)  # (B, 1, H, W)
+        feats = self.reference_features(reference, cat_idx, with_srm=ref.has_srm)
+        probs = self._mask_probs(feats.srm.tfq0_logits[-1], canvas) if ref.has_srm else None  # (B, 1, H, W)
 
         # 3. the region to generate on the white canvas
         if region is not None:
@@ -500,7 +505,8 @@ class TWGTMPipeline:
             out = out * region + (1.0 - region)
         if opts.output_size is not None:
             out = resize(out, opts.output_size).clamp(0, 1)
-            probs = self._mask_probs(feats.srm.tfq0_logits[-1], opts.output_size)  # as predict_garment_mask
+            if probs is not None:
+                probs = self._mask_probs(feats.srm.tfq0_logits[-1], opts.output_size)  # as predict_garment_mask
         return TWGTMOutput(images=out, garment_mask=probs)
 
     @torch.no_grad()
@@ -512,6 +518,7 @@ class TWGTMPipeline:
         (default: the model canvas size). No diffusion steps are run.
         """
         ref = self._need_reference_encoder("predict_garment_mask")
+        ref.require_srm("predict_garment_mask")
         size = as_output_size(output_size) or (self.config.height, self.config.width)
         person = as_image_batch(person, "person")
         b = person.shape[0]

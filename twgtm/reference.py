@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .config import TWGTMConfig
+from .errors import ConfigError
 from .sam import SAMOutput, SemanticAbstractionModule, build_clip_text
 from .srm import SpatialRefinementModule, SRMDecoder, SRMOutput
 
@@ -50,8 +51,9 @@ class ReferenceEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.sam = SemanticAbstractionModule(config, clip_vision=clip_vision)
-        self.srm = SpatialRefinementModule(config)
-        self.decoder: SRMDecoder | None = SRMDecoder(config) if config.stage == 2 else None
+        # Variant 1 (use_srm false): no SRM and so no Decoder; F_SAM through the standard cross-attention only
+        self.srm: SpatialRefinementModule | None = SpatialRefinementModule(config) if config.use_srm else None
+        self.decoder: SRMDecoder | None = SRMDecoder(config) if config.stage == 2 and config.use_srm else None
         if text_encoder is not None:
             self.sam.prompts.build(text_encoder, tokenizer)
         elif random_prompts:
@@ -62,24 +64,46 @@ class ReferenceEncoder(nn.Module):
     def add_decoder(self) -> None:
         """Stage 1 -> stage 2: create the Decoder on this encoder's device and dtype (config.stage is set by
         :meth:`twgtm.components.TWGTMComponents.enable_stage2`, the one place that changes the stage)."""
-        if self.decoder is None:
+        if self.decoder is None and self.srm is not None:  # without an SRM (Variant 1) there is nothing to decode
             p = next(self.srm.parameters())
             self.decoder = SRMDecoder(self.config).to(device=p.device, dtype=p.dtype)
 
     @property
+    def has_srm(self) -> bool:
+        """Whether this encoder has the SRM, and so predicts the flat-garment mask TFQ_0 (not in Variant 1)."""
+        return self.srm is not None
+
+    def _trained_tensor(self) -> torch.Tensor:
+        """A trained tensor (never a frozen one, which may be stored in another dtype): device and dtype."""
+        for part in (self.srm, self.sam.qformer):
+            if part is not None:
+                return next(part.parameters())
+        return self.sam.prompts.embeds
+
+    @property
     def device(self) -> torch.device:
-        return next(self.srm.parameters()).device
+        return self._trained_tensor().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.srm.parameters()).dtype
+        return self._trained_tensor().dtype
+
+    def require_srm(self, what: str) -> "SpatialRefinementModule":
+        """The SRM, or a ConfigError naming ``what`` needed it (a model built with ``use_srm`` false)."""
+        if self.srm is None:
+            raise ConfigError(f"{what}: expected a model with a Spatial Refinement Module (it predicts the garment "
+                              f"mask), got one built with use_srm=false (ablation Variant 1)")
+        return self.srm
 
     def forward(self, reference: torch.Tensor, category_idx: torch.Tensor, *,
                 with_srm: bool | None = None) -> ReferenceFeatures:
         """Reference pixels in [-1, 1] (B, 3, H, W) and category indices (B,) -> :class:`ReferenceFeatures`.
 
-        ``with_srm`` (default: whether a Decoder exists) also runs the SRM, and the Decoder when present.
+        ``with_srm`` (default: whether a Decoder exists) also runs the SRM, and the Decoder when present; True
+        on a model without an SRM is a ConfigError.
         """
+        if with_srm:
+            self.require_srm("with_srm")
         sam_out = self.sam(reference, category_idx)
         if with_srm is None:
             with_srm = self.decoder is not None
@@ -91,4 +115,5 @@ class ReferenceEncoder(nn.Module):
 
     def garment_mask_logits(self, reference: torch.Tensor, category_idx: torch.Tensor) -> torch.Tensor:
         """TFQ_0 logits of the last TaskFormer unit (B, 1, H/4, W/4): SAM and SRM only, no Decoder."""
-        return self.srm(reference, self.sam(reference, category_idx).f_qf).tfq0_logits[-1]
+        srm = self.require_srm("garment mask")
+        return srm(reference, self.sam(reference, category_idx).f_qf).tfq0_logits[-1]

@@ -308,7 +308,7 @@ class PromptBank(nn.Module):
 @dataclass
 class SAMOutput:
     f_sam: Tensor     # (B, 1 + N, D): cat([F_CLIP.G, F_QF], 1), the UNet attn2 context
-    f_qf: Tensor      # (B, N, D): Q-Former output (also the TaskFormer's S1 memory)
+    f_qf: Tensor      # (B, N, D): Q-Former output (also the TaskFormer's S1 memory); Variant 8: = f_sam
     f_clip_g: Tensor  # (B, 1, D): projected CLIP class token (= image_embeds)
 
 
@@ -328,7 +328,14 @@ class SemanticAbstractionModule(nn.Module):
             raise ConfigError(f"clip_vision.projection_dim: expected qformer.vision_dim {cfg.qformer.vision_dim}, "
                               f"got {vc.projection_dim}")
         self.image_size = int(vc.image_size)
-        self.qformer = QFormer(cfg.qformer)
+        q = cfg.qformer
+        # Variant 8 (use_qformer false): no Q-Former; the CLIP image tokens and the cached prompt tokens go to
+        # cross-attention as they are, through a linear map only where their width is not the UNet's (D)
+        self.qformer = QFormer(q) if cfg.use_qformer else None
+        self.vision_proj = nn.Linear(q.vision_dim, q.hidden_size) \
+            if not cfg.use_qformer and q.vision_dim != q.hidden_size else None
+        self.text_proj = nn.Linear(q.text_dim, q.hidden_size) \
+            if not cfg.use_qformer and q.text_dim != q.hidden_size else None
         self.prompts = PromptBank(cfg)
 
     def train(self, mode: bool = True) -> "SemanticAbstractionModule":
@@ -374,7 +381,23 @@ class SemanticAbstractionModule(nn.Module):
                              f"got {tuple(category_idx.shape)}")
         f_clip_s = self.encode_image(image)           # (B, L, D)
         text, text_mask = self.prompts(category_idx)  # (B, T, Dt), (B, T)
+        if self.qformer is None:
+            return self._without_qformer(f_clip_s, text)
         f_qf = self.qformer(f_clip_s, text, text_mask)  # (B, N, D)
         f_clip_g = f_clip_s[:, :1].to(f_qf.dtype)     # (B, 1, D)
         f_sam = torch.cat([f_clip_g, f_qf], dim=1)    # (B, 1 + N, D)
         return SAMOutput(f_sam=f_sam, f_qf=f_qf, f_clip_g=f_clip_g)
+
+    def _without_qformer(self, f_clip_s: Tensor, text: Tensor) -> SAMOutput:
+        """Variant 8: ``F_SAM = [F_CLIP.S; T_p]`` (B, L + T, D), the CLIP image tokens and the category prompt's
+        text tokens (all T, padding included, as SD1.5 feeds its text encoder's output to cross-attention), each
+        mapped to width D where it differs. The same tokens are the SRM's S1 memory (``f_qf``), so the category
+        reaches the TaskFormer too."""
+        dtype = self.prompts.embeds.dtype
+        image_tokens, text = f_clip_s.to(dtype), text.to(dtype)
+        if self.vision_proj is not None:
+            image_tokens = self.vision_proj(image_tokens)
+        if self.text_proj is not None:
+            text = self.text_proj(text)
+        tokens = torch.cat([image_tokens, text], dim=1)  # (B, L + T, D)
+        return SAMOutput(f_sam=tokens, f_qf=tokens, f_clip_g=image_tokens[:, :1])

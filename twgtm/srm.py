@@ -328,7 +328,7 @@ class SpatialRefinementModule(nn.Module):
         if tf.hidden_dim % 4:
             raise ConfigError(f"taskformer.hidden_dim: expected a multiple of 4 (sine PE), got {tf.hidden_dim}")
         self.height, self.width = cfg.height, cfg.width
-        self.num_fqf_tokens, self.fqf_dim = cfg.qformer.num_queries, cfg.qformer.hidden_size
+        self.num_fqf_tokens, self.fqf_dim = cfg.semantic_token_count, cfg.qformer.hidden_size
 
         self.swin = timm.create_model(cfg.swin.model_name, pretrained=False, features_only=True,
                                       out_indices=tuple(cfg.swin.out_indices), img_size=(cfg.height, cfg.width),

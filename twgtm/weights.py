@@ -305,17 +305,18 @@ def _materialize_non_persistent(components: TWGTMComponents) -> None:
     """Buffers that no state dict holds (CLIP position ids, Swin relative-position indices) are still on
     the meta device after ``load_state_dict(assign=True)``: recompute them on the CPU."""
     parts = list(components.modules().values())
-    srm = components.reference_encoder.srm
+    srm = components.reference_encoder.srm  # None without an SRM (ablation Variant 1)
     for part in parts:
         for module in part.modules():
             for name, buf in list(module._buffers.items()):
                 if buf is not None and buf.is_meta and name == "position_ids":
                     module._buffers[name] = torch.arange(buf.shape[-1]).expand(buf.shape).clone()
-    for module in srm.swin.modules():
+    for module in srm.swin.modules() if srm is not None else ():
         for name, buf in list(module._buffers.items()):
             if buf is not None and buf.is_meta:
                 module._buffers[name] = torch.empty(buf.shape, dtype=buf.dtype)
-    srm.init_non_persistent_buffers()
+    if srm is not None:
+        srm.init_non_persistent_buffers()
     left = [n for part in parts for n, t in list(part.named_parameters()) + list(part.named_buffers()) if t.is_meta]
     if left:
         raise WeightsError(f"TWGTM weights: expected every tensor to be materialised, got meta tensors {left[:5]}")
@@ -647,7 +648,7 @@ def load_swin_weights(components: TWGTMComponents, source: str, *, arg: str = "s
     from timm.models.swin_transformer import checkpoint_filter_fn
 
     cfg = components.config
-    swin = components.reference_encoder.srm.swin
+    swin = components.reference_encoder.require_srm(arg).swin
     src = _source(source, arg, f"a timm .safetensors/.pth/.bin file of {cfg.swin.model_name}")
     path = _swin_file(src, arg)
     state = _read_state_file(path, arg)
