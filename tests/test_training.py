@@ -290,59 +290,6 @@ def test_stage2_frozen_groups_keep_stage1s_garment_mask_path_and_train_the_rest(
                  "model.overrides.loss.stage2_mask_weight=1")
 
 
-def test_snr_weight_cap_weights_the_x0_loss_by_the_truncated_snr(tmp_path):
-    """``loss.snr_weight_cap`` (x0 prediction): each sample's MSE is weighted by clamp(SNR(t), 1, cap), so the
-    low-noise steps, where the unweighted x0 loss is tiny, get up to ``cap`` times the weight of the high-noise ones.
-    Checked on the weights, on the loss the objective returns, and on the config's refusals."""
-    from diffusers import DDPMScheduler
-
-    from training.losses import diffusion_loss, snr_weight
-    from training.objective import TrainingObjective
-
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                          beta_end=0.012)
-    a = sched.alphas_cumprod
-    t = torch.tensor([999, 600, 250, 200, 100, 0])
-    w = snr_weight(a, t, 5.0)
-    snr = a[t] / (1 - a[t])
-    assert w[:2].tolist() == [1.0, 1.0] and w[-2:].tolist() == [5.0, 5.0]
-    assert w[2:4] == pytest.approx(snr[2:4]) and 1 < w[2] < w[3] < 5
-    pred, target = torch.zeros(2, 4, 2, 2), torch.ones(2, 4, 2, 2)
-    target[1] *= 2
-    assert diffusion_loss(pred, target, weight=torch.tensor([1.0, 3.0])).item() == pytest.approx((1 + 3 * 4) / 2)
-    assert diffusion_loss(pred, target, weight=torch.ones(2)).item() == diffusion_loss(pred, target).item()
-
-    over = ["stage0.enabled=false", "model.overrides.scheduler.prediction_type=sample"]
-    plain = tiny_run(tmp_path / "a", *over)
-    capped = tiny_run(tmp_path / "b", *over, "model.overrides.loss.snr_weight_cap=5")
-    torch.manual_seed(0)
-    model = build_stage_model_from(plain)
-    g = torch.Generator().manual_seed(0)
-    b = 4
-    batch = {"person": torch.rand(b, 3, 64, 48) * 2 - 1, "garment": torch.rand(b, 3, 64, 48) * 2 - 1,
-             "person_mask": (torch.rand(b, 1, 64, 48, generator=g) > 0.5).float(),
-             "garment_mask": (torch.rand(b, 1, 64, 48, generator=g) > 0.5).float(),
-             "category_idx": torch.tensor([0, 1, 2, 0])}
-    sched = DDPMScheduler.from_config(model.config.scheduler)
-    losses = []
-    for cap in (None, 5.0):
-        model.config.loss.snr_weight_cap = cap
-        objective = TrainingObjective(model, sched, vtoff_prob=0.5)
-        losses.append(objective(batch, seed=3)["diffusion"].item())
-    assert losses[1] > losses[0], "the weights are >= 1 and > 1 on the low-noise samples of this seed"
-    assert capped.model.build().loss.snr_weight_cap == 5.0
-    with pytest.raises(ConfigError, match="loss.snr_weight_cap: .*prediction_type 'sample'"):
-        tiny_run(tmp_path / "c", "model.overrides.loss.snr_weight_cap=5")
-    with pytest.raises(ConfigError, match="loss.snr_weight_cap"):
-        tiny_run(tmp_path / "c", *over, "model.overrides.loss.snr_weight_cap=0.5")
-
-
-def build_stage_model_from(run):
-    from training.trainer import build_stage1_model, model_config
-
-    return build_stage1_model(run, model_config(run, 1))
-
-
 # ---------------------------------------------------------------------------------------------- CatVTON warm start
 def test_frozen_dtype_bf16_stores_only_the_untrained_weights_in_bf16_and_trains(tmp_path):
     """``frozen_dtype: bf16`` (the paper preset; diffusers' scripts do it for their frozen VAE and text encoder):

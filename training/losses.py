@@ -7,30 +7,15 @@ import torch.nn.functional as F
 from twgtm.latents import target_half
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, *, region: str = "full", concat_dim: int = -1,
-                   weight: torch.Tensor | None = None) -> torch.Tensor:
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, *, region: str = "full", concat_dim: int = -1) -> torch.Tensor:
     """MSE between the UNet's prediction and its target (the noise for SD's epsilon parameterisation), in fp32.
 
     ``region="full"`` averages over the whole concatenated latent (CatVTON / TryOffAnyone practice);
-    ``"target"`` restricts it to the generated half. ``weight`` (B,) scales each sample's mean squared error
-    (the batch mean of the weighted errors: weights of 1 give the plain MSE).
+    ``"target"`` restricts it to the generated half.
     """
     if region == "target":
         pred, target = target_half(pred, concat_dim), target_half(target, concat_dim)
-    if weight is None:
-        return F.mse_loss(pred.float(), target.float())
-    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-    return (weight.float().to(per_sample.device) * per_sample).mean()
-
-
-def snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, cap: float) -> torch.Tensor:
-    """Per-sample x0-loss weight ``clamp(SNR(t), 1, cap)``, SNR = abar / (1 - abar): (B,).
-
-    With x0 prediction the unweighted MSE barely sees the low-noise steps (their x0 error is small), so the model
-    learns to denoise there last; ``max(SNR, 1)`` is Salimans & Ho's "truncated SNR" weighting (the larger of the
-    x0 and the epsilon losses), and ``cap`` bounds it as min-SNR-gamma does."""
-    abar = alphas_cumprod.to(t.device)[t].float()
-    return (abar / (1.0 - abar)).clamp(1.0, cap)
+    return F.mse_loss(pred.float(), target.float())
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from twgtm.errors import ConfigError
 from twgtm.latents import (LatentCondition, build_condition, concat_halves, dilate, erode, mask_to_box, split_halves,
                            task_gate, unet_input, vae_encode)
 
-from .losses import diffusion_loss, mask_loss, snr_weight
+from .losses import diffusion_loss, mask_loss
 
 #: the stage-2 region sampler's kernel sizes are given at this image height and scaled to the data's
 REGION_REFERENCE_HEIGHT = 1024
@@ -196,11 +196,7 @@ class TrainingObjective(nn.Module):
             loss_target = cond.z0
         else:
             raise ConfigError(f"scheduler.prediction_type: expected one of {PREDICTION_TYPES}, got {kind!r}")
-        weight = None
-        if cfg.loss.snr_weight_cap is not None:  # x0 prediction only (the config checks)
-            weight = snr_weight(self.noise_scheduler.alphas_cumprod, t, cfg.loss.snr_weight_cap)
-        l_diff = diffusion_loss(pred, loss_target, region=cfg.loss.loss_region, concat_dim=cfg.concat_dim,
-                                weight=weight)
+        l_diff = diffusion_loss(pred, loss_target, region=cfg.loss.loss_region, concat_dim=cfg.concat_dim)
         if need_srm and mask_w > 0:
             l_mask = self._mask_loss(feats, garment_mask, vtoff)
         else:

@@ -170,8 +170,6 @@ class LossConfig:
     bce_weight: float = 1.0       # lambda'' (eq. 15)
     stage2_mask_weight: float = 0.0  # eq. 16 has no mask loss; set > 0 to keep TFQ_0 sharp for Mask2BBox(pred)
     loss_region: str = "full"     # "full" concatenated latent (CatVTON practice) or "target" half only
-    snr_weight_cap: float | None = None  # x0 prediction only: weight each sample's MSE by clamp(SNR(t), 1, cap)
-                                  # ("truncated SNR", Salimans & Ho 2022, capped as min-SNR-gamma); None: unweighted
 
 
 def _sd15_unet() -> dict[str, Any]:
@@ -411,12 +409,6 @@ class TWGTMConfig:
         for name in ("mask_weight", "dice_weight", "bce_weight", "stage2_mask_weight"):
             setattr(loss, name, _num(f"loss.{name}", getattr(loss, name), lo=0.0))
         loss.loss_region = _str("loss.loss_region", loss.loss_region, choices=("full", "target"))
-        if loss.snr_weight_cap is not None:
-            loss.snr_weight_cap = _num("loss.snr_weight_cap", loss.snr_weight_cap, lo=1.0)
-            kind = self.scheduler.get("prediction_type", "epsilon")
-            if kind != "sample":
-                raise ConfigError(f"loss.snr_weight_cap: weights the x0 loss, so it needs scheduler.prediction_type "
-                                  f"'sample'; got {kind!r} (set loss.snr_weight_cap to null)")
         self.cfg_dropout = _num("cfg_dropout", self.cfg_dropout, lo=0.0, hi=1.0)
         self.stage = _int("stage", self.stage, choices=(1, 2))
         self.use_srm = _bool("use_srm", self.use_srm)
