@@ -23,13 +23,15 @@ def test_synthetic_preset_values():
     run = load_run_config(CONFIGS / "synthetic_cpu.yaml")
     assert (run.name, run.output_dir, run.threads, run.processes, run.mixed_precision) == \
         ("synthetic", "runs/synthetic", 1, 2, "no")
-    assert run.data.synthetic == SyntheticSpec(root="runs/synthetic/data", n_train=1024, n_test=32, height=64,
+    assert run.data.synthetic == SyntheticSpec(root="runs/synthetic/data", n_train=4096, n_test=32, height=64,
                                                width=48, seed=0, n_val=64, val_root="runs/synthetic/data_val")
     s1, s2 = run.stage1, run.stage2
     assert (s1.max_steps, s1.mask_warmup_steps, s1.batch_size, s1.lr_unet, s1.lr_new, s1.lr_unet_base, s1.ema_decay,
-            s1.vtoff_prob) == (1700, 800, 8, 1.5e-3, 7.5e-4, 1.5e-3, 0.995, 0.3)
+            s1.vtoff_prob) == (2300, 1400, 8, 1.5e-3, 7.5e-4, 1.5e-3, 0.995, 0.3)
     assert [(s.lr_decay, s.lr_min_ratio) for s in (s1, s2)] == [("cosine", 0.05)] * 2
     assert s2.mask_warmup_steps == 0
+    assert (s1.frozen_groups, s2.frozen_groups) == ([], ["qformer", "swin", "srm"])
+    assert (run.stage0.init, run.stage0.upsampling) == ("lowpass", "bilinear")
     assert (s2.max_steps, s2.sample_every, s2.betas, s2.weight_decay) == (600, 600, (0.9, 0.999), 0.01)
     assert isinstance(s1.lr_unet, float) and isinstance(run.stage0.lr, float) and run.stage0.lr == 3e-5
     assert (run.eval.guidance_scale, run.eval.eta, run.eval.tryoff_region) == (1.0, 1.0, "pred_mask")
@@ -38,7 +40,7 @@ def test_synthetic_preset_values():
     tiny = TWGTMConfig.tiny()
     assert (cfg.height, cfg.width, cfg.vae_scale_factor, cfg.vae["block_out_channels"]) == (64, 48, 4, (16, 32, 32))
     assert cfg.scheduler == dict(tiny.scheduler, prediction_type="sample") and cfg.unet == tiny.unet
-    assert cfg.loss == dataclasses.replace(tiny.loss, stage2_mask_weight=2.0)
+    assert cfg.loss == dataclasses.replace(tiny.loss, stage2_mask_weight=0.0)
     assert cfg.swin.kwargs == dict(tiny.swin.kwargs, drop_path_rate=0.0)  # no stochastic depth in the toy Swin
 
 
