@@ -25,6 +25,15 @@ def make_tiny_model(seed: int = 0, *, stage: int = 2, randomize_zll: bool = True
     return model.eval()
 
 
+@pytest.fixture()
+def one_thread():
+    """One torch thread for the test: tiny models gain nothing from two, and on a busy machine two spin."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> TWGTMComponents:
     return make_tiny_model(0)

@@ -90,13 +90,10 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)  # (B, T, C)
 
 
-def _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
-    """diffusers ``AttnProcessor2_0`` logic, returning the projected output and the query heads.
-
-    Copied from diffusers (Apache-2.0), ``src/diffusers/models/attention_processor.py``,
-    ``AttnProcessor2_0.__call__`` (diffusers 0.30-0.42), changed to also return the query heads and a
-    ``finish`` closure, so the Extended Attention processor can add its branch before the output reshape.
-    """
+def _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+    """The input side of diffusers' ``AttnProcessor2_0``: norms, the mask, Q/K/V heads, and a ``finish``
+    closure for the output side (reshape, residual, rescale). Returns ``(q, k, v, attention_mask, dtype,
+    finish)``; shared by plain SDPA attention and the Variant-6 concatenation."""
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -122,9 +119,6 @@ def _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, 
         q = attn.norm_q(q)
     if attn.norm_k is not None:
         k = attn.norm_k(k)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
-    out = _merge(out).to(query.dtype)
-    out = attn.to_out[1](attn.to_out[0](out))
 
     def finish(x: torch.Tensor) -> torch.Tensor:
         if input_ndim == 4:
@@ -133,6 +127,21 @@ def _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, 
             x = x + residual
         return x / attn.rescale_output_factor
 
+    return q, k, v, attention_mask, query.dtype, finish
+
+
+def _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
+    """diffusers ``AttnProcessor2_0`` logic, returning the projected output and the query heads.
+
+    Copied from diffusers (Apache-2.0), ``src/diffusers/models/attention_processor.py``,
+    ``AttnProcessor2_0.__call__`` (diffusers 0.30-0.42), changed to also return the query heads and a
+    ``finish`` closure, so the Extended Attention processor can add its branch before the output reshape.
+    """
+    q, k, v, attention_mask, dtype, finish = _project(attn, hidden_states, encoder_hidden_states, attention_mask,
+                                                      temb)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+    out = _merge(out).to(dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
     return out, q, finish
 
 
@@ -251,25 +260,7 @@ class ConcatAttnProcessor:
 
 def _concat_attention(attn, hidden_states, attention_mask, temb, kv, srm_gate, srm_rows, srm_mask):
     """Self-attention whose rows ``srm_rows`` also attend to the SRM keys/values ``kv`` (ConcatAttnProcessor)."""
-    residual = hidden_states
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    input_ndim = hidden_states.ndim
-    if input_ndim == 4:
-        b4, c4, h4, w4 = hidden_states.shape
-        hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
-    batch_size, seq_len, _ = hidden_states.shape
-    if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch_size)
-        attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    query = attn.to_q(hidden_states)
-    q, k, v = (_heads(x, attn.heads) for x in (query, attn.to_k(hidden_states), attn.to_v(hidden_states)))
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
+    q, k, v, attention_mask, dtype, finish = _project(attn, hidden_states, None, attention_mask, temb)
     rows = srm_rows if srm_rows is not None else slice(None)
     k2, v2 = (t.to(q.dtype) for t in kv)
     if attn.norm_k is not None:
@@ -297,12 +288,7 @@ def _concat_attention(attn, hidden_states, attention_mask, temb, kv, srm_gate, s
         start = rows.start or 0
         stop = q.shape[0] if rows.stop is None else rows.stop
         out_heads = torch.cat([plain[:start], joined, plain[stop:]])
-    out = attn.to_out[1](attn.to_out[0](_merge(out_heads).to(query.dtype)))
-    if input_ndim == 4:
-        out = out.transpose(-1, -2).reshape(b4, c4, h4, w4)
-    if attn.residual_connection:
-        out = out + residual
-    return out / attn.rescale_output_factor
+    return finish(attn.to_out[1](attn.to_out[0](_merge(out_heads).to(dtype))))
 
 
 def attn1_names(unet) -> list[str]:
