@@ -431,3 +431,31 @@ def test_main_job_on_two_processes_reports_on_the_test_split_and_on_a_validation
     assert f"validation report: {out / 'report_val' / 'report.md'} (passed={val['passed']})" in res.stderr
     timings = json.loads((out / "timings.json").read_text())
     assert timings["report_wait_s"] >= timings["report_s"] > 0
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_no_process_leaves_training_before_the_export_exists(tmp_path, monkeypatch, rank):
+    """The second process reads the exported file right after training (the validation report), so ``_train``
+    holds every process at a barrier until the main process has written the export. Without it a 2-process
+    main job with short stages failed: "expected a .safetensors file at .../export/..." (found by the ablation
+    smoke on 2 processes)."""
+    import training.trainer as trainer_mod
+    from training import cli
+    from training.config import load_run_config
+
+    events: list[str] = []
+
+    class FakeAccelerator:
+        process_index, num_processes = rank, 2
+        is_main_process = rank == 0
+
+        def wait_for_everyone(self):
+            events.append("barrier")
+
+    monkeypatch.setattr(trainer_mod, "train_stage", lambda run, stage, acc, **kw: events.append(f"stage{stage}"))
+    monkeypatch.setattr(trainer_mod, "export_model", lambda run: events.append("export"))
+    monkeypatch.setattr("training.data.prepare_data", lambda run, acc: None)
+    run = load_run_config(TINY, [f"output_dir={tmp_path / 'run'}"])
+    cli._train(run, [1, 2], "auto", None, FakeAccelerator())
+    expected = ["stage1", "stage2", "export", "barrier"] if rank == 0 else ["stage1", "stage2", "barrier"]
+    assert events == expected

@@ -266,10 +266,14 @@ def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accel
         else:
             train_stage(run, stage, accelerator, resume=resume_arg, stop_after=stop_after)
         timings[f"stage{stage}_s"] = round(time.perf_counter() - t0, 1)
-    if stages and stages[-1] == 2 and stop_after is None and accelerator.is_main_process:
-        t0 = time.perf_counter()
-        export_model(run)
-        timings["export_s"] = round(time.perf_counter() - t0, 1)
+    if stages and stages[-1] == 2 and stop_after is None:
+        if accelerator.is_main_process:
+            t0 = time.perf_counter()
+            export_model(run)
+            timings["export_s"] = round(time.perf_counter() - t0, 1)
+        # the other processes read the export next (the validation report): none may run ahead of it (a
+        # 2-process main job with short stages failed with "expected a .safetensors file at .../export/...")
+        accelerator.wait_for_everyone()
     return timings
 
 
