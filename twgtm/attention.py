@@ -283,11 +283,15 @@ def _concat_attention(attn, hidden_states, attention_mask, temb, kv, srm_gate, s
                                             attn_mask=bias)  # (Bs, heads, T, d)
     if srm_rows is None:
         out_heads = joined
-    else:
-        plain = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
+    else:  # the other rows (CFG's unconditional half) get plain self-attention, computed for them alone
         start = rows.start or 0
         stop = q.shape[0] if rows.stop is None else rows.stop
-        out_heads = torch.cat([plain[:start], joined, plain[stop:]])
+
+        def plain(sl: slice) -> torch.Tensor:
+            mask = None if attention_mask is None else attention_mask[sl]
+            return F.scaled_dot_product_attention(q[sl], k[sl], v[sl], attn_mask=mask)
+
+        out_heads = torch.cat([plain(slice(0, start)), joined, plain(slice(stop, None))])
     return finish(attn.to_out[1](attn.to_out[0](_merge(out_heads).to(dtype))))
 
 
