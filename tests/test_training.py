@@ -446,6 +446,25 @@ def test_fsdp2_on_two_cpu_processes_trains_or_is_refused_never_silently_ddp(tmp_
     assert stage_model_path(tiny_run(tmp_path / "run"), 1).is_file()
 
 
+def test_every_parameter_group_the_trainer_makes_has_a_name_frozen_groups_accepts(tmp_path):
+    """``training.config.PARAMETER_GROUPS`` is what ``stage*.frozen_groups`` may name: it must hold every group the
+    trainer forms (empty ones included), for the paper's model and for the ablation variants (no Q-Former:
+    ``sam_projection``)."""
+    from training.config import PARAMETER_GROUPS
+    from training.objective import spec_parameter_groups
+    from training.trainer import build_stage1_model, model_config, parameter_groups
+
+    for extra in ([], ["model.overrides.use_qformer=false"], ["model.overrides.use_srm=false",
+                                                              "stage1.mask_warmup_steps=0"]):
+        run = tiny_run(tmp_path / "r", "stage0.enabled=false", "stage2.lr_unet_base=1e-4", *extra)
+        model = build_stage1_model(run, model_config(run, 1))
+        model.enable_stage2()
+        names = {g["name"] for g in spec_parameter_groups(model)} | {g["name"] for g in parameter_groups(model,
+                                                                                                        run.stage2)}
+        assert names <= set(PARAMETER_GROUPS), (extra, names - set(PARAMETER_GROUPS))
+        assert ("sam_projection" in names) == bool(extra and "use_qformer" in extra[0]), names
+
+
 def test_bilinear_lowpass_init_decodes_a_latent_cell_as_smooth_shading_not_a_block():
     """``stage0.upsampling: bilinear`` (the toy preset): the low-pass initial decoder interpolates between latent
     cells (2x bilinear per level) instead of copying each cell into a 4x4 block; white stays exactly white up to

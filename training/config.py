@@ -126,8 +126,9 @@ class Stage0Config:
 
 
 #: the trainer's AdamW parameter groups (training.objective.spec_parameter_groups, plus the toy's UNet base): the
-#: names StageConfig.frozen_groups takes
-PARAMETER_GROUPS = ("unet_transformer", "qformer", "swin", "srm", "decoder", "extended_attention", "unet_base")
+#: names StageConfig.frozen_groups takes ("sam_projection" stands for "qformer" in a model without a Q-Former)
+PARAMETER_GROUPS = ("unet_transformer", "qformer", "sam_projection", "swin", "srm", "decoder", "extended_attention",
+                    "unet_base")
 
 #: learning-rate shapes after the linear warm-up (StageConfig.lr_decay)
 LR_DECAYS = ("constant", "cosine")
