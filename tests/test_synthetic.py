@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from training.datasets import VitonHDDataset, open_dataset
-from training.synthetic import LIP_LABELS, SyntheticRenderer, generate
+from training.synthetic import LIP_LABELS, SyntheticRenderer, generate, generate_part, write_summary
 from twgtm.errors import ConfigError
 
 N_TRAIN, N_TEST, H, W = 9, 6, 128, 96
@@ -50,6 +50,30 @@ def test_same_seed_same_bytes_other_seed_differs(synth, tmp_path):
     changed = _files(other)
     images = [k for k in reference if k.startswith(("train/image/", "test/cloth/"))]
     assert images and all(reference[k] != changed[k] for k in images)
+
+
+def test_parts_written_by_several_processes_are_the_same_bytes(synth, tmp_path):
+    """The main job's processes each write a share of the items (``generate_part``), in any order; with the
+    summary written last, the folder is byte-identical to one ``generate`` (and no part writes the summary)."""
+    root, summary = synth
+    parts = tmp_path / "parts"
+    made = [generate_part(parts, k, 3, n_train=N_TRAIN, n_test=N_TEST, height=H, width=W, seed=0) for k in (2, 0, 1)]
+    assert not (parts / "synthetic.json").exists()
+    assert all({**m, "root": summary["root"]} == summary for m in made)  # the same summary but its root
+    write_summary(parts, made[0])
+    reference, joined = _files(root), _files(parts)
+    assert reference.keys() == joined.keys() and all(reference[k] == joined[k] for k in reference)
+    assert summary["files"] == len(reference)
+    only = tmp_path / "only"
+    generate_part(only, 1, 2, n_train=N_TRAIN, n_test=N_TEST, height=H, width=W, seed=0)
+    assert sorted(p.name for p in (only / "train" / "image").iterdir()) == [f"{i:06d}_00.jpg" for i in range(1, N_TRAIN, 2)]
+    assert not (only / "train_pairs.txt").exists()  # the split lists are part 0's
+
+
+@pytest.mark.parametrize("part, parts", [(2, 2), (-1, 2), (0, 0), (True, 2), (0, 1.0)])
+def test_bad_parts(tmp_path, part, parts):
+    with pytest.raises(ConfigError, match="part"):
+        generate_part(tmp_path / "bad", part, parts, n_train=1, n_test=1, height=64, width=48)
 
 
 def test_counts_layout_and_pairs(synth):

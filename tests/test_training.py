@@ -496,3 +496,33 @@ def test_bilinear_lowpass_init_decodes_a_latent_cell_as_smooth_shading_not_a_blo
     assert 0.3 < row[:4].max() < 0.7, "bilinear: the cell's colour is spread, not copied into a block"
     assert row[4] > 0.2 and row[5] > 0.1, "bilinear: it fades into the neighbouring cell"
     assert all(a >= b for a, b in zip(row[1:7].tolist(), row[2:8].tolist())), row
+
+
+def test_latent_statistics_come_from_a_seeded_subset_close_to_the_whole_pool():
+    """Stage 0 measures the latent shift and scale on at most ``STATS_IMAGES`` images of its pool (encoding all
+    16,384 of the main job took 30 s): a seeded subset, the same on every call, whose statistics match the whole
+    pool's."""
+    from diffusers import AutoencoderKL
+
+    from training.stage0_vae import _latent_stats, identity_init_vae
+
+    cfg = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=[8, 8],
+               down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+               norm_num_groups=1, sample_size=16)
+    vae = AutoencoderKL(**cfg).eval()
+    identity_init_vae(vae)
+    g = torch.Generator().manual_seed(0)
+    colours = torch.rand(1024, 3, 1, 1, generator=g) * 2 - 1           # flat images of random colours
+    pool = colours.expand(-1, -1, 16, 12) + 0.1 * torch.randn(1024, 3, 16, 12, generator=g)
+    seen = []
+    encode = vae.encode
+    vae.encode = lambda x: (seen.append(len(x)), encode(x))[1]
+    full_mean, full_std = _latent_stats(vae, pool, seed=0, max_images=1024)
+    assert sum(seen) == 1024
+    seen.clear()
+    sub_mean, sub_std = _latent_stats(vae, pool, seed=0, max_images=256)
+    assert sum(seen) == 256
+    assert _latent_stats(vae, pool, seed=0, max_images=256) == (sub_mean, sub_std)
+    assert max(abs(a - b) for a, b in zip(sub_mean, full_mean)) < 0.2 * full_std  # 3 standard errors
+    assert abs(sub_std - full_std) < 0.1 * full_std
+    assert abs(_latent_stats(vae, pool[:256], seed=0, max_images=256)[0][0] - sub_mean[0]) > 0  # really a subset

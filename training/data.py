@@ -23,7 +23,7 @@ from twgtm.errors import ConfigError
 
 from .config import RunConfig
 from .datasets import DressCodeDataset, VitonHDDataset, detect_layout, open_dataset
-from .synthetic import generate
+from .synthetic import generate_part, write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,14 @@ def _synthetic_sets(run: RunConfig) -> list[tuple[str, Path, dict]]:
 
 
 def prepare_data(run: RunConfig, accelerator) -> None:
-    """Generate the synthetic sets once (main process) if the run uses them and they are not there yet; a set there
-    generated with other parameters (``synthetic.json``) is a ConfigError, never silently reused."""
+    """Generate the synthetic sets once if the run uses them and they are not there yet, every process writing
+    its share of the items (byte-identical to one process's); a set there generated with other parameters
+    (``synthetic.json``) is a ConfigError, never silently reused."""
+    rank, world = accelerator.process_index, accelerator.num_processes
     for key, root, want in _synthetic_sets(run):
         summary = root / "synthetic.json"
-        if accelerator.is_main_process and summary.is_file():  # generated before: reused only if it is this config's
+        todo = not summary.is_file()  # every process decides before the barrier below, so all decide alike
+        if accelerator.is_main_process and not todo:  # generated before: reused only if it is this config's
             try:
                 made = json.loads(summary.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -114,11 +117,13 @@ def prepare_data(run: RunConfig, accelerator) -> None:
                                   f"asks for {({k: want[k] for k in differ})}; delete that folder (it is "
                                   f"regenerated) or set {key if key.endswith('root') else key + '.root'} to another "
                                   f"folder")
-        if accelerator.is_main_process and not summary.is_file():
-            t0 = time.perf_counter()
-            generate(root, **want)
-            logger.info("synthetic data: %d + %d items in %s (%.1f s)", want["n_train"], want["n_test"], root,
-                        time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        made = generate_part(root, rank, world, **want) if todo else None
+        accelerator.wait_for_everyone()
+        if made is not None and accelerator.is_main_process:  # all parts written: mark the set complete
+            write_summary(root, made)
+            logger.info("synthetic data: %d + %d items in %s (%.1f s, %d process(es))", want["n_train"],
+                        want["n_test"], root, time.perf_counter() - t0, world)
     accelerator.wait_for_everyone()
 
 

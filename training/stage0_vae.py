@@ -276,10 +276,20 @@ def _val_l1(vae: AutoencoderKL, val: torch.Tensor) -> float:
     return sum(err) / len(val)
 
 
+#: images the latent statistics are measured on (a seeded random subset of a larger pool): the mean and std of
+#: 4,096 images (16x12x4 latents each) are exact to about 1e-3, and encoding all 16,384 images of the main job's
+#: pool took 30 s of its stage 0 on the 2-core machine
+STATS_IMAGES = 4096
+
+
 @torch.no_grad()
-def _latent_stats(vae: AutoencoderKL, pool: torch.Tensor, seed: int) -> tuple[list[float], float]:
-    """Per-channel mean of the posterior samples of ``pool`` and the std of the centred latents."""
+def _latent_stats(vae: AutoencoderKL, pool: torch.Tensor, seed: int,
+                  max_images: int = STATS_IMAGES) -> tuple[list[float], float]:
+    """Per-channel mean of the posterior samples of ``pool`` (at most ``max_images`` of them, a seeded random
+    subset) and the std of the centred latents."""
     g = torch.Generator().manual_seed(seed)
+    if len(pool) > max_images:
+        pool = pool[torch.randperm(len(pool), generator=g)[:max_images].sort().values]
     z = torch.cat([vae.encode(part).latent_dist.sample(generator=g) for part in pool.split(64)]).float()
     mean = z.mean(dim=(0, 2, 3))
     return mean.tolist(), float((z - mean.view(1, -1, 1, 1)).std())

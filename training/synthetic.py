@@ -682,24 +682,42 @@ def generate(root: str | Path, *, n_train: int = 64, n_test: int = 16, height: i
     summary dict: root, arguments, per-split category counts, the number of test pairs and of
     self pairs, and the number of files written.
     """
+    summary = generate_part(root, 0, 1, n_train=n_train, n_test=n_test, height=height, width=width, seed=seed,
+                            categories=categories)
+    write_summary(root, summary)
+    return summary
+
+
+def generate_part(root: str | Path, part: int, parts: int, *, n_train: int = 64, n_test: int = 16,
+                  height: int = 128, width: int = 96, seed: int = 0,
+                  categories: Sequence[str] = ("upper", "lower", "dress")) -> dict[str, Any]:
+    """Write share ``part`` of ``parts`` of the dataset of :func:`generate` (items ``part, part + parts, ...`` of
+    each split; part 0 also writes the split lists), without ``synthetic.json``.
+
+    Every item is rendered from its own seeded stream, so the parts written by several processes together are
+    byte-identical to one :func:`generate`; once all of them are done, :func:`write_summary` (once) marks the
+    set complete. Returns the summary of the whole set.
+    """
     cats = _check_args(n_train, n_test, height, width, seed, categories)
+    if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
+        raise ConfigError(f"parts: expected an int >= 1, got {parts!r}")
+    if not isinstance(part, int) or isinstance(part, bool) or not 0 <= part < parts:
+        raise ConfigError(f"part: expected an int in [0, {parts - 1}], got {part!r}")
     root = Path(root)
     renderer = SyntheticRenderer(height, width, seed)
     summary: dict[str, Any] = {"root": str(root), "n_train": n_train, "n_test": n_test, "height": height,
                                "width": width, "seed": seed, "categories": list(cats), "counts": {}}
-    n_files = 0
     for split, n, offset in (("train", n_train, 0), ("test", n_test, n_train)):
         d = root / split
-        for sub in ("image", "cloth", "cloth-mask", "agnostic-mask", "agnostic-v3.2", "image-parse-v3"):
+        for sub in ("image", "cloth", "cloth-mask", "agnostic-mask", "agnostic-v3.2", "image-parse-v3") + \
+                (("unpaired-gt",) if split == "test" else ()):
             (d / sub).mkdir(parents=True, exist_ok=True)
         order = np.random.default_rng([seed, 0 if split == "train" else 1, 2]).permutation(n)
         item_cat = [cats[int(k) % len(cats)] for k in order]
         ids = [f"{offset + i:06d}_00" for i in range(n)]
-        persons, garments = {}, {}     # kept for the unpaired ground truth of the test split
-        for i, (stem, cat) in enumerate(zip(ids, item_cat)):
+        for i in range(part, n, parts):
+            stem, cat = ids[i], item_cat[i]
             person, garment = renderer.person(split, i, cat), renderer.garment(split, i, cat)
-            if split == "test":
-                persons[stem], garments[stem] = person, garment
             rgb_ss, lab_ss = renderer.render(person, garment)
             img, labels = renderer.downsample(rgb_ss, lab_ss)
             mask = renderer.person_mask(person, lab_ss)
@@ -714,36 +732,44 @@ def generate(root: str | Path, *, n_train: int = 64, n_test: int = 16, height: i
             parse = Image.fromarray(labels, mode="P")
             parse.putpalette(_PALETTE)
             _save_png(parse, d / "image-parse-v3" / f"{stem}.png")
-            n_files += 6
-        (d / "categories.txt").write_text("".join(f"{s} {c}\n" for s, c in zip(ids, item_cat)), encoding="utf-8")
-        n_files += 1
         summary["counts"][split] = {c: item_cat.count(c) for c in cats}
 
         if split == "train":
             lines = [(s, s) for s in ids]
-        else:
+        else:  # unpaired ground truth: each person wearing the garment of another person of its category
             rng = np.random.default_rng([seed, 1, 3])
-            partner: dict[str, str] = {}
+            partner: dict[int, int] = {}
             for c in cats:
-                members = [s for s, ic in zip(ids, item_cat) if ic == c]
+                members = [i for i, ic in enumerate(item_cat) if ic == c]
                 shuffled = [members[int(k)] for k in rng.permutation(len(members))]
                 for a, b in zip(shuffled, shuffled[1:] + shuffled[:1]):
                     partner[a] = b
-            lines = [(s, partner[s]) for s in ids]
-            (d / "unpaired-gt").mkdir(exist_ok=True)
-            for p_stem, c_stem in lines:
-                gt, _ = renderer.downsample(*renderer.render(persons[p_stem], garments[c_stem]))
-                _save_jpg(gt, d / "unpaired-gt" / f"{p_stem}__{c_stem}.jpg")
-                n_files += 1
+            lines = [(ids[i], ids[partner[i]]) for i in range(n)]
+            for i in range(part, n, parts):
+                j = partner[i]
+                person, garment = renderer.person(split, i, item_cat[i]), renderer.garment(split, j, item_cat[j])
+                gt, _ = renderer.downsample(*renderer.render(person, garment))
+                _save_jpg(gt, d / "unpaired-gt" / f"{ids[i]}__{ids[j]}.jpg")
             summary["test_pairs"] = len(lines)
             summary["self_pairs"] = sum(a == b for a, b in lines)
-        (root / f"{split}_pairs.txt").write_text("".join(f"{a}.jpg {b}.jpg\n" for a, b in lines), encoding="utf-8")
-        n_files += 1
-    summary["files"] = n_files + 1
+        if part == 0:
+            (d / "categories.txt").write_text("".join(f"{s} {c}\n" for s, c in zip(ids, item_cat)),
+                                              encoding="utf-8")
+            (root / f"{split}_pairs.txt").write_text("".join(f"{a}.jpg {b}.jpg\n" for a, b in lines),
+                                                     encoding="utf-8")
+    # per split: 6 files per item, categories.txt and the pair list; the test split's unpaired ground truth;
+    # synthetic.json
+    summary["files"] = 6 * (n_train + n_test) + 4 + n_test + 1
+    return summary
+
+
+def write_summary(root: str | Path, summary: dict[str, Any]) -> None:
+    """Write ``synthetic.json``, which marks a set complete (after every part of :func:`generate_part`)."""
+    root = Path(root)
     (root / "synthetic.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "root"}, indent=2,
                                                     sort_keys=True) + "\n", encoding="utf-8")
-    logger.info("synthetic dataset: %d train + %d test items at %dx%d in %s", n_train, n_test, height, width, root)
-    return summary
+    logger.info("synthetic dataset: %d train + %d test items at %dx%d in %s", summary["n_train"], summary["n_test"],
+                summary["height"], summary["width"], root)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
