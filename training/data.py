@@ -108,10 +108,10 @@ def prepare_data(run: RunConfig, accelerator) -> None:
         todo = not summary.is_file()  # every process decides before the barrier below, so all decide alike
         if accelerator.is_main_process and not todo:  # generated before: reused only if it is this config's
             try:
-                made = json.loads(summary.read_text(encoding="utf-8"))
+                previous = json.loads(summary.read_text(encoding="utf-8"))
             except (OSError, ValueError):
-                made = {}
-            differ = {k: made.get(k) for k, v in want.items() if made.get(k) != v}
+                previous = {}
+            differ = {k: previous.get(k) for k, v in want.items() if previous.get(k) != v}
             if differ:
                 raise ConfigError(f"{key}: {str(root)!r} holds a synthetic set generated with {differ}, the config "
                                   f"asks for {({k: want[k] for k in differ})}; delete that folder (it is "

@@ -93,7 +93,11 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 def _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
     """The input side of diffusers' ``AttnProcessor2_0``: norms, the mask, Q/K/V heads, and a ``finish``
     closure for the output side (reshape, residual, rescale). Returns ``(q, k, v, attention_mask, dtype,
-    finish)``; shared by plain SDPA attention and the Variant-6 concatenation."""
+    finish)``; shared by plain SDPA attention and the Variant-6 concatenation.
+
+    Copied from diffusers (Apache-2.0), ``src/diffusers/models/attention_processor.py``,
+    ``AttnProcessor2_0.__call__`` (diffusers 0.30-0.42), split before and after the attention product.
+    """
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -131,12 +135,9 @@ def _project(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
 
 
 def _sdpa_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb):
-    """diffusers ``AttnProcessor2_0`` logic, returning the projected output and the query heads.
-
-    Copied from diffusers (Apache-2.0), ``src/diffusers/models/attention_processor.py``,
-    ``AttnProcessor2_0.__call__`` (diffusers 0.30-0.42), changed to also return the query heads and a
-    ``finish`` closure, so the Extended Attention processor can add its branch before the output reshape.
-    """
+    """diffusers ``AttnProcessor2_0`` logic (:func:`_project`, then the attention product and the output
+    projection), returning the projected output, the query heads and the ``finish`` closure, so the Extended
+    Attention processor can add its branch before the output reshape."""
     q, k, v, attention_mask, dtype, finish = _project(attn, hidden_states, encoder_hidden_states, attention_mask,
                                                       temb)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
