@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -86,6 +87,17 @@ def test_resumable_sampler_continues_and_partitions():
     both = [i for m in range(2) for i in r0.batch(m) + r1.batch(m)]
     assert sorted(both) == list(range(8))  # the two ranks split each global batch: one epoch, no repeats
     assert both == [i for m in range(4) for i in ResumableBatchSampler(8, 2, seed=5).batch(m)]
+
+
+def test_sampler_merges_the_warmup_micro_batches_into_bigger_batches():
+    """``stage1.mask_warmup_batch_size``: before ``merge_until`` every batch is ``merge`` consecutive micro-batches;
+    the stream of positions is the same, so a run resumed at any step reads what an uninterrupted one would."""
+    base = ResumableBatchSampler(10, 3, seed=5)
+    merged = iter(ResumableBatchSampler(10, 3, seed=5, merge=2, merge_until=4))
+    assert [next(merged) for _ in range(4)] == [base.batch(0) + base.batch(1), base.batch(2) + base.batch(3),
+                                                base.batch(4), base.batch(5)]
+    resumed = iter(ResumableBatchSampler(10, 3, seed=5, start=2, merge=2, merge_until=4))
+    assert [next(resumed) for _ in range(2)] == [base.batch(2) + base.batch(3), base.batch(4)]
 
 
 # ---------------------------------------------------------------------------------------------- all stages
@@ -218,6 +230,28 @@ def test_stage1_mask_warmup_trains_the_reference_encoder_alone_then_everything(t
     assert any(not torch.equal(w2[k], w3[k]) for k in unet), "joint training starts after the warm-up"
     lam = _lr_lambda(4, restart=2)
     assert [lam(k) for k in range(6)] == [0.25, 0.5, 0.25, 0.5, 0.75, 1.0]
+
+    # a bigger warm-up batch (``stage1.mask_warmup_batch_size``): each warm-up step reads two micro-batches, the
+    # joint steps one; a run stopped inside the warm-up and resumed ends bit-identical to an uninterrupted one
+    big = ["stage0.enabled=false", "stage1.max_steps=3", "stage1.mask_warmup_steps=2", "stage1.checkpoint_every=1",
+           "stage1.keep_checkpoints=5", f"stage1.mask_warmup_batch_size={2 * run.stage1.batch_size}"]
+    run_a, run_b = tiny_run(tmp_path / "big_a", *big), tiny_run(tmp_path / "big_b", *big)
+    for r in (run_a, run_b):
+        prepare_data(r, acc)
+    train_stage(run_a, 1, acc, resume=None)
+    states = [json.loads((run_a.output_path / "stage1" / "checkpoints" / f"step-{k:06d}" / "trainer_state.json")
+                        .read_text())["micro_batches"] for k in (1, 2, 3)]
+    assert states == [2, 4, 5]
+    w2_big = load_file(str(run_a.output_path / "stage1" / "checkpoints" / "step-000002" / "model.safetensors"))
+    assert any(not torch.equal(w2[k], w2_big[k]) for k in ref), "the bigger warm-up batch changes the warm-up"
+    train_stage(run_b, 1, make_accelerator(run_b, cpu=True), resume=None, stop_after=1)
+    train_stage(run_b, 1, make_accelerator(run_b, cpu=True), resume="auto")  # fresh: one model per accelerator
+    a, b = load_file(str(stage_model_path(run_a, 1))), load_file(str(stage_model_path(run_b, 1)))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match=r"stage1.mask_warmup_batch_size: expected null or a multiple"):
+        tiny_run(tmp_path / "x", f"stage1.mask_warmup_batch_size={run.stage1.batch_size + 1}")
+    with pytest.raises(ConfigError, match=r"stage2.mask_warmup_batch_size: expected null"):
+        tiny_run(tmp_path / "x", f"stage2.mask_warmup_batch_size={run.stage1.batch_size}")
     with pytest.raises(ConfigError, match="stage2.mask_warmup_steps"):
         tiny_run(tmp_path / "x", "stage2.mask_warmup_steps=1")
     with pytest.raises(ConfigError, match="fewer than stage1.max_steps"):

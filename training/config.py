@@ -156,6 +156,9 @@ class StageConfig:
     mask_warmup_steps: int = 0             # stage 1 only: the first N steps train the reference encoder on the
                                            # mask loss alone, every sample a try-off sample (no UNet, no VAE);
                                            # the UNet's learning-rate warm-up starts after them (TRAINING.md)
+    mask_warmup_batch_size: Optional[int] = None  # per device, during the mask warm-up only: a multiple of
+                                           # batch_size (None: batch_size). Warm-up steps are cheap (no UNet), so a
+                                           # bigger batch costs little and steadies the mask (TRAINING.md)
     frozen_groups: list[str] = field(default_factory=list)  # parameter groups (PARAMETER_GROUPS) this stage
                                            # leaves as they are, e.g. the toy's stage 2 keeps stage 1's garment-
                                            # mask path ([qformer, swin, srm]); [] trains every group (the paper)
@@ -346,6 +349,15 @@ class RunConfig:
             if warm and isinstance(s.max_steps, int) and warm >= s.max_steps:
                 raise ConfigError(f"stage1.mask_warmup_steps: expected fewer than stage1.max_steps "
                                   f"({s.max_steps}), got {s.mask_warmup_steps!r}")
+            wb = s.mask_warmup_batch_size
+            if wb is not None:
+                if i == 2:
+                    raise ConfigError(f"stage2.mask_warmup_batch_size: expected null (stage 2 has no mask warm-up), "
+                                      f"got {wb!r}")
+                if isinstance(wb, bool) or not isinstance(wb, int) or not isinstance(s.batch_size, int) \
+                        or wb < s.batch_size or wb % max(s.batch_size, 1):
+                    raise ConfigError(f"stage1.mask_warmup_batch_size: expected null or a multiple of "
+                                      f"stage1.batch_size ({s.batch_size!r}) that is at least as large, got {wb!r}")
             floats += [(p + n, getattr(s, n), 0.0, None, True) for n in ("lr_unet", "lr_new", "lr_swin",
                                                                           "weight_decay", "grad_clip")]
             floats += [(p + "vtoff_prob", s.vtoff_prob, 0.0, 1.0, True)]

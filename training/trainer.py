@@ -155,11 +155,12 @@ class ResumableBatchSampler:
     """
 
     def __init__(self, n: int, batch_size: int, *, seed: int, start: int = 0, rank: int = 0, world: int = 1,
-                 hflip: bool = False):
+                 hflip: bool = False, merge: int = 1, merge_until: int = 0):
         if n < 1:
             raise ConfigError(f"dataset: expected at least one training item, got {n}")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         self.rank, self.world, self.hflip = rank, world, hflip
+        self.merge, self.merge_until = merge, merge_until
         self._perm_cache: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
@@ -181,10 +182,25 @@ class ResumableBatchSampler:
         return out
 
     def __iter__(self) -> Iterator[list]:
+        """Before micro-batch ``merge_until`` (stage 1's mask warm-up), ``merge`` consecutive micro-batches are
+        yielded as one bigger batch; the stream of positions is the same."""
         micro = self.start
         while True:
-            yield self.batch(micro)
-            micro += 1
+            k = self.merge if micro < self.merge_until else 1
+            yield [item for m in range(micro, micro + k) for item in self.batch(m)]
+            micro += k
+
+
+def warmup_merge(s) -> int:
+    """How many ``batch_size`` micro-batches one warm-up micro-step takes (``stage1.mask_warmup_batch_size``)."""
+    wb = getattr(s, "mask_warmup_batch_size", None)
+    return 1 if not s.mask_warmup_steps or wb is None else wb // s.batch_size
+
+
+def micro_batches_before(s, step: int) -> int:
+    """Sampler micro-batches (of ``batch_size`` per process) consumed by the first ``step`` optimiser steps."""
+    warm = min(step, s.mask_warmup_steps)
+    return (warm * warmup_merge(s) + step - warm) * s.grad_accum
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -636,8 +652,9 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     # 3. data, resumable
     dataset = build_train_dataset(run, raw_model.config)
     world, rank = accelerator.num_processes, accelerator.process_index
-    sampler = ResumableBatchSampler(len(dataset), s.batch_size, seed=run.seed, start=step * s.grad_accum,
-                                    rank=rank, world=world, hflip=run.data.hflip)
+    sampler = ResumableBatchSampler(len(dataset), s.batch_size, seed=run.seed, start=micro_batches_before(s, step),
+                                    rank=rank, world=world, hflip=run.data.hflip, merge=warmup_merge(s),
+                                    merge_until=micro_batches_before(s, s.mask_warmup_steps))
     # the loader's own seed (its workers' base seed) comes from a seeded generator, not the global one; the items
     # themselves are a pure function of their key (index, flip), so workers need no further seeding
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
@@ -688,11 +705,12 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
                                      f"or use bf16 instead of fp16")
         if step % s.log_every == 0 or step == total:
             dt = time.perf_counter() - t_step
+            samples = s.batch_size * s.grad_accum * world * (warmup_merge(s) if mask_only else 1)
             row = {"step": step, "loss": f"{means[0]:.6f}", "diffusion": f"{means[1]:.6f}", "mask": f"{means[2]:.6f}",
                    "vtoff_fraction": f"{means[3]:.4f}",
                    "grad_norm": "" if grad_norm is None else f"{float(grad_norm):.4f}",
                    "seconds_per_step": f"{dt:.3f}",
-                   "samples_per_second": f"{s.batch_size * s.grad_accum * world / max(dt, 1e-9):.2f}",
+                   "samples_per_second": f"{samples / max(dt, 1e-9):.2f}",
                    "elapsed": f"{time.perf_counter() - t_start:.1f}"}
             for n, lr in zip(group_names, lr_schedule.get_last_lr()):
                 row[f"lr_{n}"] = f"{lr:.6g}"
@@ -706,7 +724,8 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
                 ema.swap()
         if step % s.checkpoint_every == 0 or step == total or step == stop_after:
             state = {"stage": stage, "step": step, "lr_schedule": lr_schedule.state_dict(),
-                     "data_position": step * s.grad_accum * s.batch_size * world, "micro_batches": step * s.grad_accum,
+                     "data_position": micro_batches_before(s, step) * s.batch_size * world,
+                     "micro_batches": micro_batches_before(s, step),
                      "seed": run.seed, "world": world, "time": time.time()}
             _save_checkpoint(accelerator, ckpt_root, step, state, s.keep_checkpoints,
                              extra=(lambda d: ema.save(d / "ema.safetensors")) if ema is not None else None)
