@@ -26,8 +26,9 @@ def test_synthetic_preset_values():
     assert run.data.synthetic == SyntheticSpec(root="runs/synthetic/data", n_train=4096, n_test=32, height=64,
                                                width=48, seed=0, n_val=64, val_root="runs/synthetic/data_val")
     s1, s2 = run.stage1, run.stage2
-    assert (s1.max_steps, s1.mask_warmup_steps, s1.batch_size, s1.lr_unet, s1.lr_new, s1.lr_unet_base, s1.ema_decay,
-            s1.vtoff_prob) == (2500, 1400, 8, 1.5e-3, 7.5e-4, 1.5e-3, 0.995, 0.3)
+    assert (s1.max_steps, s1.mask_warmup_steps, s1.mask_warmup_batch_size, s1.batch_size, s1.lr_unet, s1.lr_new,
+            s1.lr_unet_base, s1.ema_decay, s1.vtoff_prob) == (2500, 1400, 16, 8, 1.5e-3, 7.5e-4, 1.5e-3, 0.995, 0.3)
+    assert s2.mask_warmup_batch_size is None
     assert [(s.lr_decay, s.lr_min_ratio) for s in (s1, s2)] == [("cosine", 0.05)] * 2
     assert s2.mask_warmup_steps == 0
     assert (s1.frozen_groups, s2.frozen_groups) == ([], ["qformer", "swin", "srm"])
