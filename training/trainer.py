@@ -191,16 +191,16 @@ class ResumableBatchSampler:
             micro += k
 
 
-def warmup_merge(s) -> int:
+def _warmup_merge(s: StageConfig) -> int:
     """How many ``batch_size`` micro-batches one warm-up micro-step takes (``stage1.mask_warmup_batch_size``)."""
-    wb = getattr(s, "mask_warmup_batch_size", None)
+    wb = s.mask_warmup_batch_size
     return 1 if not s.mask_warmup_steps or wb is None else wb // s.batch_size
 
 
-def micro_batches_before(s, step: int) -> int:
+def _micro_batches_before(s: StageConfig, step: int) -> int:
     """Sampler micro-batches (of ``batch_size`` per process) consumed by the first ``step`` optimiser steps."""
     warm = min(step, s.mask_warmup_steps)
-    return (warm * warmup_merge(s) + step - warm) * s.grad_accum
+    return (warm * _warmup_merge(s) + step - warm) * s.grad_accum
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -652,9 +652,9 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     # 3. data, resumable
     dataset = build_train_dataset(run, raw_model.config)
     world, rank = accelerator.num_processes, accelerator.process_index
-    sampler = ResumableBatchSampler(len(dataset), s.batch_size, seed=run.seed, start=micro_batches_before(s, step),
-                                    rank=rank, world=world, hflip=run.data.hflip, merge=warmup_merge(s),
-                                    merge_until=micro_batches_before(s, s.mask_warmup_steps))
+    sampler = ResumableBatchSampler(len(dataset), s.batch_size, seed=run.seed, start=_micro_batches_before(s, step),
+                                    rank=rank, world=world, hflip=run.data.hflip, merge=_warmup_merge(s),
+                                    merge_until=_micro_batches_before(s, s.mask_warmup_steps))
     # the loader's own seed (its workers' base seed) comes from a seeded generator, not the global one; the items
     # themselves are a pure function of their key (index, flip), so workers need no further seeding
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
@@ -705,7 +705,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
                                      f"or use bf16 instead of fp16")
         if step % s.log_every == 0 or step == total:
             dt = time.perf_counter() - t_step
-            samples = s.batch_size * s.grad_accum * world * (warmup_merge(s) if mask_only else 1)
+            samples = s.batch_size * s.grad_accum * world * (_warmup_merge(s) if mask_only else 1)
             row = {"step": step, "loss": f"{means[0]:.6f}", "diffusion": f"{means[1]:.6f}", "mask": f"{means[2]:.6f}",
                    "vtoff_fraction": f"{means[3]:.4f}",
                    "grad_norm": "" if grad_norm is None else f"{float(grad_norm):.4f}",
@@ -724,8 +724,8 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
                 ema.swap()
         if step % s.checkpoint_every == 0 or step == total or step == stop_after:
             state = {"stage": stage, "step": step, "lr_schedule": lr_schedule.state_dict(),
-                     "data_position": micro_batches_before(s, step) * s.batch_size * world,
-                     "micro_batches": micro_batches_before(s, step),
+                     "data_position": _micro_batches_before(s, step) * s.batch_size * world,
+                     "micro_batches": _micro_batches_before(s, step),
                      "seed": run.seed, "world": world, "time": time.time()}
             _save_checkpoint(accelerator, ckpt_root, step, state, s.keep_checkpoints,
                              extra=(lambda d: ema.save(d / "ema.safetensors")) if ema is not None else None)
