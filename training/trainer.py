@@ -723,9 +723,9 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
             if ema is not None:
                 ema.swap()
         if step % s.checkpoint_every == 0 or step == total or step == stop_after:
+            micro_batches = _micro_batches_before(s, step)
             state = {"stage": stage, "step": step, "lr_schedule": lr_schedule.state_dict(),
-                     "data_position": _micro_batches_before(s, step) * s.batch_size * world,
-                     "micro_batches": _micro_batches_before(s, step),
+                     "data_position": micro_batches * s.batch_size * world, "micro_batches": micro_batches,
                      "seed": run.seed, "world": world, "time": time.time()}
             _save_checkpoint(accelerator, ckpt_root, step, state, s.keep_checkpoints,
                              extra=(lambda d: ema.save(d / "ema.safetensors")) if ema is not None else None)
