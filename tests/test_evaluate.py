@@ -215,7 +215,7 @@ def test_beating_the_category_baseline_in_one_category_and_losing_in_another(tmp
         f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=1",
         f"eval.weights_dir={no_backbones}"])
     model = make_tiny_model(0)
-    items = R._report_items(run, model.config)
+    items = R.report_items(run, model.config)
     truth = {}
     for i in range(len(items)):
         it = items[i]

@@ -318,3 +318,67 @@ def test_write_report_json_and_markdown(tmp_path):
 
     single = M.write_report({"ssim": 0.5}, tmp_path, "one")
     assert json.loads(single.json.read_text())["rows"] == {"one": {"ssim": 0.5}}
+
+
+# pattern transfer
+
+def _striped(n=1, h=64, w=48, period=10, shift=0, vertical=False):
+    """Two-colour stripes (dark red / light yellow) filling the canvas."""
+    idx = torch.arange(w if vertical else h)
+    on = (((idx + shift) % period) < period // 2).float()
+    on = on.view(1, 1, 1, w) if vertical else on.view(1, 1, h, 1)
+    dark, light = torch.tensor([0.5, 0.1, 0.1]).view(1, 3, 1, 1), torch.tensor([0.95, 0.9, 0.5]).view(1, 3, 1, 1)
+    return (on * dark + (1 - on) * light).expand(n, 3, h, w).contiguous()
+
+
+def _box(n=1, h=64, w=48, top=10, left=8, bottom=54, right=40):
+    m = torch.zeros(n, 1, h, w)
+    m[:, :, top:bottom, left:right] = 1
+    return m
+
+
+def test_pattern_scores_tell_a_kept_pattern_from_a_lost_one():
+    gt, region = _striped(), _box()
+    same = M.pattern_scores(gt, gt, region)
+    assert same["corr"].item() == pytest.approx(1.0, abs=1e-5) and same["energy"].item() == pytest.approx(1.0)
+    assert same["gt_rms"].item() > 0.1
+    # the garment's mean colour everywhere: no pattern left
+    flat = gt.mean((2, 3), keepdim=True).expand_as(gt).contiguous()
+    lost = M.pattern_scores(flat, gt, region)
+    assert lost["energy"].item() < 1e-6 and lost["corr"].item() == 0.0
+    # the same stripes half a period off: anti-correlated; rotated by 90 degrees: unrelated
+    assert M.pattern_scores(_striped(shift=5), gt, region)["corr"].item() < -0.9
+    assert abs(M.pattern_scores(_striped(vertical=True), gt, region)["corr"].item()) < 0.1
+    # noise of the same strength as the stripes keeps the energy but not the correlation
+    g = torch.Generator().manual_seed(0)
+    noisy = (flat + 0.25 * (torch.rand(1, 1, 64, 48, generator=g) - 0.5)).clamp(0, 1)
+    noise = M.pattern_scores(noisy, gt, region)
+    assert noise["energy"].item() > 0.3 and abs(noise["corr"].item()) < 0.15
+
+
+def test_pattern_scores_ignore_the_regions_outline_and_outside():
+    """A flat garment on white: the silhouette edge is not a pattern (erosion), pixels outside do not count."""
+    region = _box(n=2)
+    gt = torch.ones(2, 3, 64, 48)
+    gt[:] = torch.where(region.bool(), torch.tensor([0.2, 0.5, 0.2]).view(1, 3, 1, 1), gt)
+    pred = gt.clone()
+    pred[:, :, :5] = torch.rand(2, 3, 5, 48)  # outside the region: anything
+    s = M.pattern_scores(pred, gt, region)
+    assert (s["gt_rms"] < 1e-6).all()
+    # an anti-aliased outline (one pixel of mixed colour) is not a pattern either, once eroded by that pixel
+    soft = gt.clone()
+    soft[:, :, 10, 8:40] = 0.6
+    assert (M.pattern_scores(soft, soft, region)["gt_rms"] < 1e-6).all()
+    assert (M.pattern_scores(soft, soft, region, erode=0)["gt_rms"] > 0.01).all()
+
+
+def test_pattern_scores_errors_name_the_argument():
+    gt, region = _striped(), _box()
+    with pytest.raises(InputError, match="`region`.*received \\(1, 3, 64, 48\\)"):
+        M.pattern_scores(gt, gt, gt)
+    with pytest.raises(InputError, match="`sigma`.*received 0"):
+        M.pattern_scores(gt, gt, region, sigma=0)
+    with pytest.raises(InputError, match="`erode`.*received -1"):
+        M.pattern_scores(gt, gt, region, erode=-1)
+    with pytest.raises(InputError, match="`gt` must have shape"):
+        M.pattern_scores(gt, gt[:, :1], region)

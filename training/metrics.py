@@ -431,6 +431,70 @@ def mask_iou_scores(pred_mask: Tensor, gt_mask: Tensor, threshold: float = 0.5) 
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
+# pattern transfer
+
+#: a high-pass RMS below this (a 40th of one 8-bit grey level) is a flat image, not a pattern
+_FLAT_RMS = 1e-4
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) with replicate padding (radius 3 sigma)."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-k ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+@torch.no_grad()
+def pattern_scores(pred: Tensor, gt: Tensor, region: Tensor, *, sigma: float = 2.0,
+                   erode: int = 1) -> dict[str, Tensor]:
+    """How much of the ground truth's pattern (stripes, checks, dots, prints) an image keeps, per image.
+
+    ``region`` (N, 1, H, W) is eroded by ``erode`` pixels. Both images' luminance is high-passed inside it
+    (minus its local mean: a Gaussian blur of ``sigma`` pixels over the eroded region's pixels only), so that
+    neither the region's outline (a silhouette edge, its anti-aliased pixels) nor what lies outside counts as
+    pattern. Returns (N,) tensors:
+
+    * ``corr``: the normalised correlation of the two high-passed images (1: the same pattern in the same
+      place, about 0: an unrelated or no pattern, -1: shifted by half a period; 0 where either is flat, high-pass RMS below 1e-4);
+    * ``energy``: the high-pass RMS of ``pred`` over that of ``gt`` (about 0 for a blurred colour patch; it
+      counts noise as much as pattern, so read it with ``corr``; inf where ``gt`` is flat and ``pred`` not);
+    * ``gt_rms``: the ground truth's high-pass RMS (how patterned the item is).
+    """
+    pred, gt = _check_pair(pred, gt)
+    if not isinstance(region, Tensor) or region.ndim != 4 or region.shape[1] != 1 \
+            or region.shape[0] != pred.shape[0] or region.shape[-2:] != pred.shape[-2:]:
+        shape = tuple(region.shape) if isinstance(region, Tensor) else type(region).__name__
+        raise InputError(f"`region` must be a tensor of shape {(pred.shape[0], 1, *pred.shape[-2:])}; "
+                         f"received {shape}")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"`sigma` must be a positive number of pixels; received {sigma!r}")
+    if isinstance(erode, bool) or not isinstance(erode, int) or erode < 0:
+        raise InputError(f"`erode` must be an int >= 0 (pixels); received {erode!r}")
+    device = pred.device
+    m = (region.to(device) > 0.5).double()
+    if erode:
+        m = 1 - F.max_pool2d(1 - m, 2 * erode + 1, stride=1, padding=erode)
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64, device=device).view(1, 3, 1, 1)
+    norm = _gaussian_blur(m, float(sigma))
+    hp = []
+    for x in (pred, gt):
+        y = (_prep(x, device).double() * weights).sum(1, keepdim=True)
+        # the local mean from the eroded region's pixels only: neither the outline nor the outside leaks in
+        low = _gaussian_blur(y * m, float(sigma)) / norm.clamp_min(1e-12)
+        hp.append((y - low) * m)
+    n = m.flatten(1).sum(1).clamp_min(1)
+    a, b = ((h.pow(2).flatten(1).sum(1) / n).sqrt() for h in hp)
+    flat_a, flat_b = a < _FLAT_RMS, b < _FLAT_RMS
+    a, b = torch.where(flat_a, 0.0, a), torch.where(flat_b, 0.0, b)
+    ab = (hp[0] * hp[1]).flatten(1).sum(1) / n
+    corr = torch.where(flat_a | flat_b, 0.0, ab / (a * b).clamp_min(1e-20))
+    energy = torch.where(flat_b, torch.where(flat_a, 1.0, math.inf), a / b.clamp_min(1e-20))
+    return {"corr": corr.float(), "energy": energy.float(), "gt_rms": b.float()}
+
+
 # backbone files (never downloaded)
 
 

@@ -154,7 +154,9 @@ class _ReportItems(Dataset):
                 "category": u["category"], "id": f"{u['person_id']}__{u['garment_id']}"}
 
 
-def _report_items(run, cfg, root: Optional[str] = None) -> Dataset:
+def report_items(run, cfg, root: Optional[str] = None) -> Dataset:
+    """The report's held-out items (see ``_ReportItems``): the run's evaluation split, or the test split of the
+    synthetic folder ``root`` (a validation set)."""
     unpaired = build_eval_dataset(run, cfg, pairs="unpaired", root=root)
     paired = build_eval_dataset(run, cfg, pairs="paired", root=root)
     if not getattr(unpaired, "has_target", False):
@@ -285,7 +287,7 @@ def baseline_report(model: TWGTMComponents, run, out_dir: str | Path, *, timings
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     ev = run.eval
-    items = _report_items(run, cfg, eval_root)
+    items = report_items(run, cfg, eval_root)
     means = _training_means(run, cfg)
     n = len(items) if ev.max_items is None else min(len(items), ev.max_items)
     if n == 0:
