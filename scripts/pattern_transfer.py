@@ -23,15 +23,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import load_run_config  # noqa: E402
 from training.metrics import pattern_scores  # noqa: E402
-from training.report import _training_means, batches, changed_region, report_items  # noqa: E402
-from training.sampling import run_model, to_unit  # noqa: E402
+from training.report import _training_means, changed_region, report_items  # noqa: E402
+from training.sampling import batches, run_model, to_unit  # noqa: E402
+from twgtm.config import CATEGORIES  # noqa: E402
+from twgtm.latents import vae_decode, vae_encode  # noqa: E402
 from twgtm.weights import load_twgtm  # noqa: E402
 
 
-@torch.no_grad()
-def _through_vae(vae, images: torch.Tensor) -> torch.Tensor:
-    latents = vae.encode(images * 2 - 1).latent_dist.mode()
-    return ((vae.decode(latents).sample + 1) / 2).clamp(0, 1)
+def pattern_transfer(model, run, *, eval_root: str | None = None, max_items: int | None = None,
+                     min_rms: float = 0.04, sigma: float = 2.0) -> dict:
+    """{task: {candidate: {category: {"items", "corr", "energy"}}}} over the patterned items (see the module)."""
+    items = report_items(run, model.config, eval_root)
+    n = len(items) if max_items is None else min(len(items), max_items)
+    if n == 0:
+        raise ValueError(f"pattern_transfer: no items to score (split {eval_root or run.data.eval_split}, "
+                         f"max_items {max_items})")
+    means = _training_means(run, model.config)
+    ev, cfg = run.eval, model.config
+    model.eval()
+
+    def through_vae(images: torch.Tensor) -> torch.Tensor:  # what the latent space can hold
+        with torch.no_grad():
+            z = vae_encode(model.vae, images * 2 - 1, cfg, chunk=len(images))
+            return ((vae_decode(model.vae, z, cfg, chunk=len(images)) + 1) / 2).clamp(0, 1)
+
+    rows: list[tuple[str, str, str, dict]] = []  # (task, candidate, category, scores of one item)
+    for batch in batches(items, range(n), ev.batch_size):
+        person, gt_on, gt_off = (to_unit(batch[k]) for k in ("person", "tryon_gt", "own_garment"))
+        cats = list(batch["category"])
+        outs = run_model(model, person, to_unit(batch["garment"]), batch["mask"], cats,
+                         steps=ev.num_inference_steps, guidance_scale=ev.guidance_scale, eta=ev.eta, seed=ev.seed,
+                         scheduler=ev.scheduler, batch_size=ev.batch_size, tryoff_region=ev.tryoff_region,
+                         garment_mask=batch["garment_mask"], indices=batch["index"], tasks=("tryon", "tryoff"))
+        tasks = {"tryoff": (gt_off, batch["garment_mask"], {"model": outs["tryoff"], "gt_through_vae": through_vae(gt_off),
+                                                           "category_mean_garment": means.for_items(cats)[0]}),
+                 "tryon": (gt_on, changed_region(person, gt_on, batch["mask"]),
+                           {"model": outs["tryon"], "gt_through_vae": through_vae(gt_on)})}
+        for task, (gt, region, candidates) in tasks.items():
+            for name, pred in candidates.items():
+                s = pattern_scores(pred, gt, region, sigma=sigma)
+                rows += [(task, name, c, {k: float(v[i]) for k, v in s.items()}) for i, c in enumerate(cats)]
+    result: dict = {}
+    for task in ("tryoff", "tryon"):
+        for name in dict.fromkeys(r[1] for r in rows if r[0] == task):
+            for cat in ("all", *CATEGORIES):
+                sel = [r[3] for r in rows if r[0] == task and r[1] == name and cat in ("all", r[2])
+                       and r[3]["gt_rms"] >= min_rms]
+                if sel:
+                    result.setdefault(task, {}).setdefault(name, {})[cat] = {
+                        "items": len(sel), "corr": math.fsum(x["corr"] for x in sel) / len(sel),
+                        "energy": math.fsum(x["energy"] for x in sel) / len(sel)}
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,49 +84,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--min-rms", type=float, default=0.04, help="ground-truth high-pass RMS of a patterned item")
     ap.add_argument("--sigma", type=float, default=2.0, help="the high-pass's Gaussian sigma in pixels")
     args = ap.parse_args(argv)
+    if args.max_items is not None and args.max_items < 1:
+        ap.error(f"--max-items: expected an int >= 1; received {args.max_items}")
+    if not args.min_rms >= 0:
+        ap.error(f"--min-rms: expected a number >= 0; received {args.min_rms}")
     run_dir = Path(args.run_dir)
     run = load_run_config(run_dir / "config.yaml", [f"output_dir={run_dir}"])
     model = load_twgtm(run.resolve(run.export.filename), device="cpu")
-    model.eval()
-    items = report_items(run, model.config, args.eval_data)
-    n = len(items) if args.max_items is None else min(len(items), args.max_items)
-    means = _training_means(run, model.config) if n else None
-    ev = run.eval
-    rows: list[tuple[str, str, str, dict]] = []  # (task, candidate, category, scores of one item)
-    for batch in batches(items, range(n), ev.batch_size):
-        person, gt_on, gt_off = (to_unit(batch[k]) for k in ("person", "tryon_gt", "own_garment"))
-        cats = list(batch["category"])
-        outs = run_model(model, person, to_unit(batch["garment"]), batch["mask"], cats,
-                         steps=ev.num_inference_steps, guidance_scale=ev.guidance_scale, eta=ev.eta, seed=ev.seed,
-                         scheduler=ev.scheduler, batch_size=ev.batch_size, tryoff_region=ev.tryoff_region,
-                         garment_mask=batch["garment_mask"], indices=batch["index"], tasks=("tryon", "tryoff"))
-        tasks = {"tryoff": (gt_off, batch["garment_mask"], {"model": outs["tryoff"],
-                                                           "gt_through_vae": _through_vae(model.vae, gt_off),
-                                                           "category_mean_garment": means.for_items(cats)[0]}),
-                 "tryon": (gt_on, changed_region(person, gt_on, batch["mask"]),
-                           {"model": outs["tryon"], "gt_through_vae": _through_vae(model.vae, gt_on)})}
-        for task, (gt, region, candidates) in tasks.items():
-            for name, pred in candidates.items():
-                s = pattern_scores(pred, gt, region, sigma=args.sigma)
-                rows += [(task, name, c, {k: float(v[i]) for k, v in s.items()}) for i, c in enumerate(cats)]
-    result: dict = {}
+    result = pattern_transfer(model, run, eval_root=args.eval_data, max_items=args.max_items,
+                              min_rms=args.min_rms, sigma=args.sigma)
     print(f"{run_dir} ({args.eval_data or 'test split'}): items whose ground truth has a pattern "
           f"(high-pass RMS >= {args.min_rms}); corr: pattern correlation with the ground truth, energy: "
           f"high-pass RMS / the ground truth's")
     print(f"{'task':7s} {'candidate':22s} {'category':8s} {'n':>3s} {'corr':>7s} {'energy':>7s}")
-    for task in ("tryoff", "tryon"):
-        names = dict.fromkeys(r[1] for r in rows if r[0] == task)
-        for name in names:
-            for cat in ("all", "upper", "lower", "dress"):
-                sel = [r[3] for r in rows if r[0] == task and r[1] == name and cat in ("all", r[2])
-                       and r[3]["gt_rms"] >= args.min_rms]
-                if not sel:
-                    continue
-                corr = math.fsum(s["corr"] for s in sel) / len(sel)
-                energy = math.fsum(s["energy"] for s in sel) / len(sel)
-                result.setdefault(task, {}).setdefault(name, {})[cat] = {"items": len(sel), "corr": corr,
-                                                                         "energy": energy}
-                print(f"{task:7s} {name:22s} {cat:8s} {len(sel):3d} {corr:7.3f} {energy:7.3f}")
+    for task, candidates in result.items():
+        for name, per_cat in candidates.items():
+            for cat, r in per_cat.items():
+                print(f"{task:7s} {name:22s} {cat:8s} {r['items']:3d} {r['corr']:7.3f} {r['energy']:7.3f}")
     return result
 
 

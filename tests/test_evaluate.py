@@ -425,3 +425,37 @@ def test_peak_memory_of_evaluate_does_not_grow_with_the_split(tmp_path, no_backb
         peaks[n] = json.loads(res.stdout.strip().splitlines()[-1])["maxrss_kb"]
         assert len(list((tmp_path / f"ev{n}" / "images" / "vtoff").glob("*.png"))) == n
     assert abs(peaks[64] - peaks[16]) < 0.1 * peaks[16], peaks
+
+
+# ---------------------------------------------------------------------------------------------- pattern transfer
+def test_pattern_transfer_script_scores_what_the_model_made(tmp_path, synthetic_root, no_backbones, monkeypatch):
+    """scripts/pattern_transfer.py: a model that returns the ground truth keeps every pattern (corr 1), one that
+    returns it inverted in luminance scores -1; the references are scored on the same items."""
+    import importlib.util
+
+    from training.sampling import to_unit
+
+    spec = importlib.util.spec_from_file_location("pattern_transfer", REPO / "scripts" / "pattern_transfer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = load_run_config(REPO / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=1",
+        f"eval.weights_dir={no_backbones}"])
+    model = make_tiny_model(0)
+    items = script.report_items(run, model.config)
+    truth = {i: (to_unit(items[i]["tryon_gt"]), to_unit(items[i]["own_garment"])) for i in range(len(items))}
+    for sign in (1, -1):
+        def fake_run_model(model, person, garment, mask, categories, indices=None, **kw):
+            on, off = (torch.stack([truth[int(j)][k] for j in indices]) for k in (0, 1))
+            return {"tryon": on if sign > 0 else 1 - on, "tryoff": off if sign > 0 else 1 - off}
+
+        monkeypatch.setattr(script, "run_model", fake_run_model)
+        result = script.pattern_transfer(model, run, min_rms=0.01)
+        for task in ("tryoff", "tryon"):
+            assert result[task]["model"]["all"]["items"] >= 1
+            assert result[task]["model"]["all"]["corr"] == pytest.approx(sign, abs=1e-4)
+            assert result[task]["model"]["all"]["energy"] == pytest.approx(1.0, abs=1e-4)
+            assert "gt_through_vae" in result[task]
+        assert abs(result["tryoff"]["category_mean_garment"]["all"]["corr"]) < 0.9
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path), "--max-items", "0"])
