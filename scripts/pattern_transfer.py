@@ -1,6 +1,6 @@
 """How much of the garments' patterns a trained model transfers, in both directions (analysis for issue 11).
 
-    python scripts/pattern_transfer.py RUN_DIR [--eval-data DIR] [--max-items N]
+    python scripts/pattern_transfer.py RUN_DIR [--eval-data DIR] [--max-items N] [--min-rms R] [--sigma S]
 
 RUN_DIR is a main-job folder (its ``config.yaml`` and exported model). The items are the report's: the run's
 test split, or the test split of ``--eval-data`` (a validation set). Sampling uses the run's ``eval`` settings,
