@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import load_run_config  # noqa: E402
 from training.metrics import pattern_scores  # noqa: E402
-from training.report import _training_means, changed_region, report_items  # noqa: E402
+from training.report import changed_region, report_items, training_means  # noqa: E402
 from training.sampling import batches, run_model, to_unit  # noqa: E402
 from twgtm.config import CATEGORIES  # noqa: E402
 from twgtm.latents import vae_decode, vae_encode  # noqa: E402
@@ -38,7 +38,7 @@ def pattern_transfer(model, run, *, eval_root: str | None = None, max_items: int
     if n == 0:
         raise ValueError(f"pattern_transfer: no items to score (split {eval_root or run.data.eval_split}, "
                          f"max_items {max_items})")
-    means = _training_means(run, model.config)
+    means = training_means(run, model.config)
     ev, cfg = run.eval, model.config
     model.eval()
 

@@ -60,7 +60,7 @@ from .sampling import batches, run_model, to_unit
 logger = logging.getLogger(__name__)
 
 __all__ = ["region_l1", "region_ssim", "region_l1_scores", "region_ssim_scores", "changed_region",
-           "baseline_report", "PRIMARY_COMPARISONS", "CATEGORY_COMPARISONS"]
+           "baseline_report", "report_items", "training_means", "PRIMARY_COMPARISONS", "CATEGORY_COMPARISONS"]
 
 # (task, metric, baseline) triples that decide whether the model passes
 PRIMARY_COMPARISONS: tuple[tuple[str, str, str], ...] = (
@@ -181,7 +181,7 @@ class TrainingMeans:
         return torch.stack([g for g, _ in pairs]), torch.stack([m for _, m in pairs])
 
 
-def _training_means(run, cfg) -> TrainingMeans:
+def training_means(run, cfg) -> TrainingMeans:
     """The means of the run's training set, read one item at a time (never cached in memory)."""
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, cache_in_memory=False))
     ds = build_train_dataset(run, cfg)
@@ -288,7 +288,7 @@ def baseline_report(model: TWGTMComponents, run, out_dir: str | Path, *, timings
     cfg = model.config
     ev = run.eval
     items = report_items(run, cfg, eval_root)
-    means = _training_means(run, cfg)
+    means = training_means(run, cfg)
     n = len(items) if ev.max_items is None else min(len(items), ev.max_items)
     if n == 0:
         raise ValueError(f"report: the held-out split ({eval_root or run.data.eval_split}) has no items")
