@@ -459,3 +459,43 @@ def test_pattern_transfer_script_scores_what_the_model_made(tmp_path, synthetic_
         assert abs(result["tryoff"]["category_mean_garment"]["all"]["corr"]) < 0.9
     with pytest.raises(SystemExit):
         script.main([str(tmp_path), "--max-items", "0"])
+
+
+def test_layout_check_tells_layout_from_colour(tmp_path, synthetic_root, no_backbones, monkeypatch):
+    """pattern_transfer's layout check: a try-on that pastes the garment into the mask follows its layout (the
+    upside-down garment changes the output), one that fills the mask with the garment's mean colour does not
+    (ratio exactly 0, whatever happens outside the mask); both react to another garment. The two references
+    are those two behaviours."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pattern_transfer", REPO / "scripts" / "pattern_transfer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = load_run_config(REPO / "configs" / "tiny.yaml", [
+        f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=1",
+        f"eval.weights_dir={no_backbones}"])
+    model = make_tiny_model(0)
+
+    def paste(model, person, garment, mask, categories, **kw):
+        return {"tryon": person * (1 - mask) + garment * mask}
+
+    def colour(model, person, garment, mask, categories, **kw):
+        fg = (garment < 0.95).any(dim=1, keepdim=True).float()      # the garment's pixels (the canvas is white)
+        mean = (garment * fg).sum(dim=(2, 3), keepdim=True) / fg.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+        leak = 0.1 * garment * (1 - mask)   # outside the mask only: must not count
+        return {"tryon": (person + leak) * (1 - mask) + mean * mask}
+
+    results = {}
+    for name, fake in (("paste", paste), ("colour", colour)):
+        monkeypatch.setattr(script, "run_model", fake)
+        results[name] = script.layout_sensitivity(model, run)
+    paste_all, colour_all = results["paste"]["model"]["all"], results["colour"]["model"]["all"]
+    assert paste_all["items"] == colour_all["items"] >= 2
+    assert paste_all["swap"] > 0.01 and colour_all["swap"] > 0.001
+    assert colour_all["flip"] == pytest.approx(0.0, abs=1e-6) and colour_all["ratio"] == pytest.approx(0.0, abs=1e-4)
+    assert paste_all["ratio"] > 0.3, paste_all
+    for key in ("flip", "swap", "ratio"):   # the references are the same two behaviours
+        assert results["colour"]["paste_garment"]["all"][key] == pytest.approx(paste_all[key], rel=1e-5)
+        assert results["paste"]["garment_colour"]["all"][key] == pytest.approx(colour_all[key], abs=1e-5)
+    with pytest.raises(ValueError, match="no two items of one category"):
+        script.layout_sensitivity(model, run, max_items=1)
