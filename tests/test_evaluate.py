@@ -428,12 +428,9 @@ def test_peak_memory_of_evaluate_does_not_grow_with_the_split(tmp_path, no_backb
 
 
 # ---------------------------------------------------------------------------------------------- pattern transfer
-def test_pattern_transfer_script_scores_what_the_model_made(tmp_path, synthetic_root, no_backbones, monkeypatch):
-    """scripts/pattern_transfer.py: a model that returns the ground truth keeps every pattern (corr 1), one that
-    returns it inverted in luminance scores -1; the references are scored on the same items."""
+def _pattern_script_setup(tmp_path, synthetic_root, no_backbones):
+    """scripts/pattern_transfer.py as a module, the tiny run on the shared synthetic set, a seeded tiny model."""
     import importlib.util
-
-    from training.sampling import to_unit
 
     spec = importlib.util.spec_from_file_location("pattern_transfer", REPO / "scripts" / "pattern_transfer.py")
     script = importlib.util.module_from_spec(spec)
@@ -441,7 +438,15 @@ def test_pattern_transfer_script_scores_what_the_model_made(tmp_path, synthetic_
     run = load_run_config(REPO / "configs" / "tiny.yaml", [
         f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=1",
         f"eval.weights_dir={no_backbones}"])
-    model = make_tiny_model(0)
+    return script, run, make_tiny_model(0)
+
+
+def test_pattern_transfer_script_scores_what_the_model_made(tmp_path, synthetic_root, no_backbones, monkeypatch):
+    """scripts/pattern_transfer.py: a model that returns the ground truth keeps every pattern (corr 1), one that
+    returns it inverted in luminance scores -1; the references are scored on the same items."""
+    from training.sampling import to_unit
+
+    script, run, model = _pattern_script_setup(tmp_path, synthetic_root, no_backbones)
     items = script.report_items(run, model.config)
     truth = {i: (to_unit(items[i]["tryon_gt"]), to_unit(items[i]["own_garment"])) for i in range(len(items))}
     for sign in (1, -1):
@@ -466,15 +471,7 @@ def test_layout_check_tells_layout_from_colour(tmp_path, synthetic_root, no_back
     upside-down garment changes the output), one that fills the mask with the garment's mean colour does not
     (ratio exactly 0, whatever happens outside the mask); both react to another garment. The two references
     are those two behaviours."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pattern_transfer", REPO / "scripts" / "pattern_transfer.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    run = load_run_config(REPO / "configs" / "tiny.yaml", [
-        f"output_dir={tmp_path}", f"data.synthetic.root={synthetic_root}", "eval.num_inference_steps=1",
-        f"eval.weights_dir={no_backbones}"])
-    model = make_tiny_model(0)
+    script, run, model = _pattern_script_setup(tmp_path, synthetic_root, no_backbones)
 
     def paste(model, person, garment, mask, categories, **kw):
         return {"tryon": person * (1 - mask) + garment * mask}
