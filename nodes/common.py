@@ -3,8 +3,8 @@
 ComfyUI passes images as IMAGE ``(B, H, W, C)`` float in [0, 1] and masks as MASK ``(B, H, W)``; the
 ``twgtm`` library wants channels first, ``(B, C, H, W)`` and ``(B, 1, H, W)``. The conversions live here
 so every node converts the same way, and so does attaching a garment's transparency mask. Every combo
-input of the pack is a :class:`Combo`, which ComfyUI checks before running. Nothing in this module picks
-a device or loads a model.
+input of the pack is a :class:`Combo`, which ComfyUI checks before running (declared in the form the
+running host checks: ``nodes/host.py``). Nothing in this module picks a device or loads a model.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from comfy_api.v0_0_2 import io
 
 from ..twgtm.config import CATEGORIES
 from ..twgtm.errors import InputError
+from . import host
 
 NODE_CATEGORY = "TWGTM"
 
@@ -24,19 +25,22 @@ TWGTMConditioningWire = io.Custom("TWGTM_CONDITIONING")
 
 
 class Combo(io.Combo.Input):
-    """A combo input whose value ComfyUI checks against its options before anything runs.
+    """A combo input whose value the running ComfyUI checks against its options before anything runs.
 
-    ComfyUI 0.3.64 checks a combo value at POST /prompt only when the input's type *is* its list of options
-    (the V1 form); a V3 combo's type is ``"COMBO"``, and an unknown value (category ``"shirt"``, dtype
-    ``"int8"``) then reaches ``execute``. So this combo declares its options as its type: the graph is
-    rejected with one ``value_not_in_list`` error under the input. (A node's ``validate_inputs`` cannot
-    do this as well: ComfyUI files whatever it returns under every one of its arguments, so a wrong dtype
-    would be reported under each combo it checks.) The options and everything else stay as in
-    ``io.Combo.Input``; the frontend reads both forms.
+    Declared the way the host checks it (``nodes/host.py``): as ``"COMBO"`` with the options in the input,
+    where the host checks such values itself (ComfyUI >= v0.21, 0.33.0 here; a type that is a list would
+    reject every prompt there with ``unhashable type: 'list'``), and with the list of options as its type
+    where only that form is checked (ComfyUI 0.3.64). Either way a wrong value (category ``"shirt"``, dtype
+    ``"int8"``) is refused at POST /prompt with one ``value_not_in_list`` error under the input. (A node's
+    ``validate_inputs`` cannot do this as well: ComfyUI files whatever it returns under every one of its
+    arguments, so a wrong dtype would be reported under each combo it checks.) The options and everything
+    else stay as in ``io.Combo.Input``; the frontend reads both forms.
     """
 
     def get_io_type(self):
-        return list(self.options or [])
+        if host.CHECKS_COMBO_VALUES is False:  # ComfyUI 0.3.64: only a list-typed combo is checked
+            return list(self.options or [])
+        return super().get_io_type()  # "COMBO"
 
 
 CATEGORY_OPTIONS: list[str] = list(CATEGORIES)  # ["upper", "lower", "dress"]

@@ -2,12 +2,19 @@
 
 ComfyUI's own unit tests replace ``nodes`` and ``server`` in ``sys.modules`` before importing a module
 (``tests-unit/comfy_extras_test/image_stitch_test.py``). Here ``comfy`` (model_management, model_patcher,
-utils), ``folder_paths``, ``server`` and ``comfy_api`` (``v0_0_2`` and ``latest``, the same ``io`` and
-``ComfyExtension`` as in the real host) are replaced by the small modules below, which copy the behaviour
-the pack relies on from ComfyUI 0.3.64:
+utils), ``folder_paths``, ``server``, ``execution``, ``nodes`` and ``comfy_api`` (``v0_0_2`` and ``latest``,
+the same ``io`` and ``ComfyExtension`` as in the real host) are replaced by the small modules below, which
+copy the behaviour the pack relies on from a **host profile** (:data:`HOSTS`): ComfyUI 0.3.64, the oldest
+host the pack supports, and 0.33.0, the newest the project can run. The profiles differ where those hosts
+differ for a node pack (``../shared/vendor/README.md``): 0.33.0 expands a V3 node's inputs by looking their
+types up in a dict (a list-typed input is ``TypeError: unhashable type: 'list'``), checks ``"COMBO"`` values
+itself, words its ``value_not_in_list`` details with ``repr``, adds fields to ``/object_info`` and declares
+``SaveImage``'s output.
 
 * ``io``: ``Schema`` / ``ComfyNode`` / inputs and outputs, with ``get_v1_info`` giving the same
-  ``/object_info`` entries as the real server (checked against a real server in test_comfyui_live.py);
+  ``/object_info`` entries as the real server (checked against both real servers in test_comfyui_live.py);
+* ``execution.validate_inputs`` and ``nodes.NODE_CLASS_MAPPINGS``: the host's prompt validation of one node
+  (:func:`node_errors`), which the pack asks at import which combo form the host checks (``nodes/host.py``);
 * ``ModelPatcher`` writes ``device`` and its bookkeeping attributes onto the managed module, as the real
   one does, and ``load_models_gpu`` moves it to the load device (each call is recorded);
 * the interrupt flag, ``ProgressBar`` with its global hook, and ``folder_paths``' folder registry.
@@ -16,7 +23,7 @@ Also here: :func:`load_pack` imports the pack the way ComfyUI does (by file path
 registers its nodes as ``nodes.load_custom_node`` does (:func:`register_nodes`: ``NODE_CLASS_MAPPINGS`` if
 the pack has it, else ``comfy_entrypoint``); :func:`validate_api_prompt` / :func:`validate_ui_workflow` /
 :func:`ui_to_api` check workflows against ``/object_info``-format node definitions like ComfyUI's prompt
-validation and frontend do, and :func:`comfy_node_errors` gives the errors ComfyUI 0.3.64 itself reports
+validation and frontend do, and :func:`comfy_node_errors` gives the errors the profile's host itself reports
 for a prompt (gaps included).
 """
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import importlib.machinery
 import importlib.util
@@ -38,6 +46,38 @@ import torch
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 PACK_MODULE = "twgtm_comfy_pack"
+
+
+# ============================================================================ host profiles
+@dataclasses.dataclass(frozen=True)
+class HostProfile:
+    """What one ComfyUI version does that the pack and its tests depend on (read from the vendored source)."""
+
+    version: str
+    # comfy_api.latest._io.get_finalized_class_inputs (upstream PR #11345, Dec 2025): execution expands a V3
+    # node's inputs by a dict lookup of each input's type, so a type that is a list raises TypeError
+    expands_v3_inputs: bool
+    # execution.validate_inputs checks a "COMBO" value against the input's options (same PR); before it, only a
+    # combo whose type is its list of options was checked
+    checks_combo_values: bool
+    # value_not_in_list details: f"{x}: '{val}' not in ..." (0.3.64) or f"{x}: {val!r} not in ..." (0.33.0)
+    repr_in_combo_details: bool
+    # the fields NodeInfoV1 (/object_info of a V3 node) has beyond 0.3.64's, with the values our nodes get
+    node_info_extras: tuple[tuple[str, Any], ...] = ()
+    # core nodes that declare outputs here but not in 0.3.64 (SaveImage and PreviewImage return their images)
+    core_outputs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+HOSTS: dict[str, HostProfile] = {
+    "0.3.64": HostProfile("0.3.64", expands_v3_inputs=False, checks_combo_values=False, repr_in_combo_details=False),
+    "0.33.0": HostProfile(
+        "0.33.0", expands_v3_inputs=True, checks_combo_values=True, repr_in_combo_details=True,
+        node_info_extras=(("is_input_list", False), ("output_matchtypes", None), ("dev_only", False),
+                          ("price_badge", None), ("search_aliases", None), ("essentials_category", None),
+                          ("has_intermediate_output", False)),
+        core_outputs=(("SaveImage", ("IMAGE",)), ("PreviewImage", ("IMAGE",)))),
+}
+OLDEST, NEWEST = HOSTS["0.3.64"], HOSTS["0.33.0"]
 
 
 # ============================================================================ comfy_api io
@@ -156,6 +196,7 @@ class _Schema:
     is_api_node: bool = False
     not_idempotent: bool = False
     enable_expand: bool = False
+    host = OLDEST  # class attribute: each io module's Schema is a subclass for its host profile
 
     def finalize(self):
         for i, out in enumerate(self.outputs or []):
@@ -186,7 +227,7 @@ class _Schema:
             "description": self.description, "output_node": self.is_output_node,
             "deprecated": self.is_deprecated, "experimental": self.is_experimental, "api_node": self.is_api_node,
             "python_module": getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes"),
-        }
+        } | dict(self.host.node_info_extras)
 
 
 class _NodeOutput:
@@ -237,9 +278,10 @@ class ComfyExtension(abc.ABC):
         ...
 
 
-def make_io_module() -> types.ModuleType:
+def make_io_module(host: HostProfile = OLDEST) -> types.ModuleType:
     io = types.ModuleType("comfy_api.latest.io")
-    io.Schema, io.ComfyNode, io.NodeOutput = _Schema, _ComfyNode, _NodeOutput
+    io.Schema = type("Schema", (_Schema,), {"host": host})
+    io.ComfyNode, io.NodeOutput = _ComfyNode, _NodeOutput
     io.Custom = _custom
     io.Image, io.Mask = _comfytype("IMAGE"), _comfytype("MASK")
     io.Int, io.Float = _comfytype("INT", _IntInput), _comfytype("FLOAT", _FloatInput)
@@ -419,7 +461,8 @@ def make_server() -> types.ModuleType:
 
 
 # ============================================================================ installing and importing
-def make_stub_modules(base: Path) -> dict[str, types.ModuleType]:
+def make_stub_modules(base: Path, host: HostProfile = OLDEST) -> dict[str, types.ModuleType]:
+    """The stand-in modules for ComfyUI ``host`` (a :data:`HOSTS` profile), with ``base`` as its base directory."""
     comfy = types.ModuleType("comfy")
     comfy.__path__ = []
     mm, utils = make_model_management(), make_utils()
@@ -428,7 +471,7 @@ def make_stub_modules(base: Path) -> dict[str, types.ModuleType]:
     comfy.model_management, comfy.model_patcher, comfy.utils = mm, patcher, utils
     comfy_api = types.ModuleType("comfy_api")
     comfy_api.__path__ = []
-    io = make_io_module()
+    io = make_io_module(host)
     latest = types.ModuleType("comfy_api.latest")
     latest.__path__ = []
     latest.io, latest.ComfyExtension = io, ComfyExtension
@@ -439,6 +482,10 @@ def make_stub_modules(base: Path) -> dict[str, types.ModuleType]:
     modules = {"comfy": comfy, "comfy.model_management": mm, "comfy.model_patcher": patcher, "comfy.utils": utils,
                "comfy_api": comfy_api, "comfy_api.latest": latest, "comfy_api.latest.io": io,
                "comfy_api.v0_0_2": v0_0_2, "folder_paths": make_folder_paths(base), "server": make_server()}
+    nodes = types.ModuleType("nodes")  # ComfyUI's core module: its node registry (load_pack adds the pack's)
+    nodes.NODE_CLASS_MAPPINGS = {}
+    comfy_api.host = host  # which profile these stubs play (not a ComfyUI attribute)
+    modules |= {"nodes": nodes, "execution": make_execution(host, nodes.NODE_CLASS_MAPPINGS)}
     for name, module in modules.items():  # importlib.util.find_spec() wants a spec on loaded modules
         module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=hasattr(module, "__path__"))
     return modules
@@ -487,28 +534,32 @@ def register_nodes(module, module_path: str = "custom_nodes.ComfyUI-TWGTM") -> R
 
 
 @contextlib.contextmanager
-def load_pack(base: Path, name: str = PACK_MODULE, stubs: dict | None = None):
-    """Install the stubs, import the pack as ComfyUI does (by path, as a package), register its nodes
-    (:func:`register_nodes`, as ``pack.registered``) and yield it.
+def load_pack(base: Path, name: str = PACK_MODULE, stubs: dict | None = None, host: HostProfile = OLDEST,
+              root: Path = PACK_ROOT):
+    """Install the stubs of ``host`` (or ``stubs``), import the pack as ComfyUI does (by path, as a package),
+    register its nodes (:func:`register_nodes`, as ``pack.registered``; also in the stub
+    ``nodes.NODE_CLASS_MAPPINGS``) and yield it; ``pack.host`` is the profile the stubs play.
 
-    ``base`` plays ComfyUI's base directory (``models/``, ``input/``...). On exit the stubs and the
-    pack's modules are removed again; libraries imported meanwhile (torch, diffusers) stay loaded.
+    ``base`` plays ComfyUI's base directory (``models/``, ``input/``...); ``root`` is the pack's folder (default:
+    this repository). On exit the stubs and the pack's modules are removed again; libraries imported meanwhile
+    (torch, diffusers) stay loaded.
     """
     base = Path(base)
     for sub in ("models/twgtm", "models/checkpoints", "models/vae", "models/clip_vision", "models/diffusers",
                 "input", "output", "temp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    stubs = stubs or make_stub_modules(base)
+    stubs = stubs or make_stub_modules(base, host)
     saved = {k: sys.modules.get(k) for k in stubs}
     sys.modules.update(stubs)
     try:
-        spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(PACK_ROOT)])
+        spec = importlib.util.spec_from_file_location(name, Path(root) / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        module.stubs = stubs
+        module.stubs, module.host = stubs, stubs["comfy_api"].host
         module.registered = register_nodes(module)
+        stubs["nodes"].NODE_CLASS_MAPPINGS.update(module.registered.classes)
         yield module
     finally:
         for k in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
@@ -523,6 +574,11 @@ def load_pack(base: Path, name: str = PACK_MODULE, stubs: dict | None = None):
 def object_info(pack) -> dict[str, dict]:
     """``/object_info`` entries of the pack's nodes, as the server builds them for V3 classes."""
     return {name: cls.GET_NODE_INFO_V1() for name, cls in pack.registered.classes.items()}
+
+
+def full_object_info(pack) -> dict[str, dict]:
+    """The pack's ``/object_info`` entries and those of the core nodes the workflows use, as ``pack.host`` has them."""
+    return object_info(pack) | core_object_info(pack.host)
 
 
 # ============================================================================ workflow checks
@@ -635,69 +691,122 @@ def _error(kind: str, message: str, details: str, input_name: str | None = None)
             "extra_info": {} if input_name is None else {"input_name": input_name}}
 
 
-def comfy_node_errors(prompt: dict, classes: dict, core_info: dict[str, dict] | None = None) -> dict[str, list]:
-    """The ``node_errors`` ComfyUI 0.3.64's POST /prompt gives for ``prompt`` (``execution.validate_inputs``).
+def class_info(cls) -> dict:
+    """The ``/object_info``-format definition of a node class: V3 (``GET_NODE_INFO_V1``) or V1 (``INPUT_TYPES``)."""
+    if hasattr(cls, "GET_NODE_INFO_V1"):
+        return cls.GET_NODE_INFO_V1()
+    inputs = cls.INPUT_TYPES()
+    return {"input": inputs, "input_order": {k: list(v) for k, v in inputs.items()},
+            "output": list(getattr(cls, "RETURN_TYPES", ()))}
 
-    Unlike :func:`validate_api_prompt` (what a correct workflow must satisfy), this copies what ComfyUI
-    actually checks, gaps included: link types (``validate_node_input``); for the inputs that are *not*
-    arguments of the node's ``validate_inputs``, min/max and combo membership, but only for combos whose
-    type is their list of options (a V3 ``"COMBO"`` value is not checked); then ``validate_inputs`` itself,
-    called with those arguments (links as None), whose result when not True is filed once under *each* of
-    its arguments; an exception in it is one error of the node (it is always an inner node here).
-    ``classes`` maps class_type to the pack's node classes; ``core_info`` (default :data:`CORE_OBJECT_INFO`)
-    gives the outputs of core nodes.
+
+_DYNAMIC_INPUT_TYPES: dict[str, Any] = {}  # 0.33.0's DYNAMIC_INPUT_LOOKUP: keyed by type (our nodes have none)
+
+
+def _expand_v3_inputs(info: dict) -> None:
+    """``comfy_api.latest._io.parse_class_inputs`` (0.33.0): each input's type is looked up in a dict."""
+    for cat in ("required", "optional"):
+        for spec in info["input"].get(cat, {}).values():
+            if spec[0] in _DYNAMIC_INPUT_TYPES:  # TypeError: unhashable type: 'list', as in the real host
+                raise NotImplementedError("dynamic inputs are not modelled by the stubs")
+
+
+def node_errors(node_id: str, prompt: dict, cls, outputs, host: HostProfile = OLDEST) -> list[dict]:
+    """The errors ``execution.validate_inputs`` of ``host`` gives for node ``node_id`` of ``prompt`` (class ``cls``).
+
+    Copied from the host, gaps included: link types (``validate_node_input``); for the inputs that are *not*
+    arguments of the node's ``validate_inputs``, min/max and combo membership (0.3.64: only for combos whose
+    type is their list of options; 0.33.0: also ``"COMBO"`` against its ``options``); then ``validate_inputs``
+    itself, called with those arguments (links as None), whose result when not True is filed once under *each*
+    of its arguments; an exception in it is one error of the node (it is always an inner node here). With
+    ``host.expands_v3_inputs`` a V3 node's inputs are expanded first, which raises ``TypeError`` for a type
+    that is a list, as the real host does (the whole prompt is then rejected). ``outputs(class_type)`` gives the
+    output types of a linked node.
     """
-    core_info = CORE_OBJECT_INFO if core_info is None else core_info
+    info = class_info(cls)
+    if host.expands_v3_inputs and hasattr(cls, "GET_NODE_INFO_V1"):
+        _expand_v3_inputs(info)
+    validate = getattr(cls, "validate_inputs" if hasattr(cls, "GET_NODE_INFO_V1") else "VALIDATE_INPUTS", None)
+    args = inspect.getfullargspec(validate).args if validate is not None else []  # includes "cls"
+    inputs, errors = prompt[node_id]["inputs"], []
+    for name, cat, typ, opts in _inputs(info):
+        if name not in inputs:
+            if cat == "required":
+                errors.append(_error("required_input_missing", "Required input is missing", name, name))
+            continue
+        val = inputs[name]
+        if isinstance(val, list):
+            received = outputs(prompt[str(val[0])]["class_type"])[val[1]]
+            if "input_types" not in args and not _types_match(received, typ):
+                errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
+                                     f"{name}, received_type({received}) mismatch input_type({typ})", name))
+            continue
+        if name in args:
+            continue
+        options = typ if isinstance(typ, list) else \
+            opts.get("options", []) if typ == "COMBO" and host.checks_combo_values else None
+        if "min" in opts and val < opts["min"]:
+            errors.append(_error("value_smaller_than_min", f"Value {val} smaller than min of {opts['min']}",
+                                 name, name))
+        elif "max" in opts and val > opts["max"]:
+            errors.append(_error("value_bigger_than_max", f"Value {val} bigger than max of {opts['max']}",
+                                 name, name))
+        elif options is not None and val not in options:
+            shown = f"(list of length {len(options)})" if len(options) > 20 else str(options)
+            value = repr(val) if host.repr_in_combo_details else f"'{val}'"
+            errors.append(_error("value_not_in_list", "Value not in list", f"{name}: {value} not in {shown}", name))
+    if args:
+        call = {k: (None if isinstance(v, list) else v) for k, v in inputs.items() if k in args}
+        try:
+            result = validate(**call)
+        except Exception as ex:  # noqa: BLE001 - ComfyUI turns any exception into an error entry
+            errors.append(_error("exception_during_inner_validation", "Exception when validating inner node",
+                                 str(ex)))
+        else:
+            if result is not True:
+                errors += [_error("custom_validation_failed", "Custom validation failed for node",
+                                  x if result is False else f"{x} - {result}", x) for x in call]
+    return errors
+
+
+def core_object_info(host: HostProfile = OLDEST) -> dict[str, dict]:
+    """:data:`CORE_OBJECT_INFO` as ``host`` lists it (0.33.0 declares the outputs of SaveImage and PreviewImage)."""
+    info = copy.deepcopy(CORE_OBJECT_INFO)
+    for name, outputs in host.core_outputs:
+        info[name]["output"] = list(outputs)
+    return info
+
+
+def comfy_node_errors(prompt: dict, classes: dict, core_info: dict[str, dict] | None = None,
+                      host: HostProfile = OLDEST) -> dict[str, list]:
+    """The ``node_errors`` the POST /prompt of ``host`` gives for ``prompt`` (:func:`node_errors` of each of the
+    pack's nodes). ``classes`` maps class_type to the pack's node classes; ``core_info`` (default
+    :func:`core_object_info` of ``host``) gives the outputs of core nodes."""
+    core_info = core_object_info(host) if core_info is None else core_info
 
     def outputs(class_type):
         if class_type in classes:
             return classes[class_type].GET_NODE_INFO_V1()["output"]
         return core_info[class_type]["output"]
 
-    node_errors: dict[str, list] = {}
-    for nid, node in prompt.items():
-        cls = classes.get(node["class_type"])
-        if cls is None:
-            continue
-        validate = getattr(cls, "validate_inputs", None)
-        args = inspect.getfullargspec(validate).args if validate is not None else []  # includes "cls"
-        inputs, errors = node["inputs"], []
-        for name, cat, typ, opts in _inputs(cls.GET_NODE_INFO_V1()):
-            if name not in inputs:
-                if cat == "required":
-                    errors.append(_error("required_input_missing", "Required input is missing", name, name))
-                continue
-            val = inputs[name]
-            if isinstance(val, list):
-                received = outputs(prompt[str(val[0])]["class_type"])[val[1]]
-                if "input_types" not in args and not _types_match(received, typ):
-                    errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
-                                         f"{name}, received_type({received}) mismatch input_type({typ})", name))
-                continue
-            if name in args:
-                continue
-            if "min" in opts and val < opts["min"]:
-                errors.append(_error("value_smaller_than_min", f"Value {val} smaller than min of {opts['min']}",
-                                     name, name))
-            elif "max" in opts and val > opts["max"]:
-                errors.append(_error("value_bigger_than_max", f"Value {val} bigger than max of {opts['max']}",
-                                     name, name))
-            elif isinstance(typ, list) and val not in typ:
-                errors.append(_error("value_not_in_list", "Value not in list", f"{name}: '{val}' not in {typ}", name))
-        if args:
-            call = {k: (None if isinstance(v, list) else v) for k, v in inputs.items() if k in args}
-            try:
-                result = validate(**call)
-            except Exception as ex:  # noqa: BLE001 - ComfyUI turns any exception into an error entry
-                errors.append(_error("exception_during_inner_validation", "Exception when validating inner node",
-                                     str(ex)))
-            else:
-                if result is not True:
-                    errors += [_error("custom_validation_failed", "Custom validation failed for node",
-                                      x if result is False else f"{x} - {result}", x) for x in call]
-        if errors:
-            node_errors[nid] = errors
-    return node_errors
+    found = {nid: node_errors(nid, prompt, classes[node["class_type"]], outputs, host)
+             for nid, node in prompt.items() if node["class_type"] in classes}
+    return {nid: errors for nid, errors in found.items() if errors}
+
+
+def make_execution(host: HostProfile, node_classes: dict) -> types.ModuleType:
+    """ComfyUI's ``execution`` module, as far as the pack uses it: ``validate_inputs`` of one node of a prompt
+    (``nodes/host.py`` probes it). Links are not followed (the pack's probe has none)."""
+    execution = types.ModuleType("execution")
+
+    async def validate_inputs(prompt_id, prompt, item, validated, visiting=None):
+        cls = node_classes[prompt[item]["class_type"]]
+        errors = node_errors(item, prompt, cls, lambda ct: class_info(node_classes[ct])["output"], host)
+        validated[item] = (not errors, errors, item)
+        return validated[item]
+
+    execution.validate_inputs = validate_inputs
+    return execution
 
 
 def _widget_slots(ni: dict):
@@ -769,9 +878,11 @@ def validate_ui_workflow(wf: dict, info: dict[str, dict], files: set[str] = froz
         for name, (cat, typ) in sockets.items():
             if cat == "required" and name not in linked:
                 errors.append(f"{tag}: required input {name!r} ({typ}) is not linked")
-        # outputs: names and types from the schema
+        # outputs: names and types from the schema. An output node saved against ComfyUI 0.3.64 lacks the
+        # outputs 0.33.0 declares for it (SaveImage returns its images there); the frontend adds them on load.
         outs = n.get("outputs", [])
-        if [o["type"] for o in outs] != list(ni["output"]):
+        declared = list(ni["output"])[:len(outs)] if ni.get("output_node") else list(ni["output"])
+        if [o["type"] for o in outs] != declared:
             errors.append(f"{tag}: output types {[o['type'] for o in outs]} != schema {ni['output']}")
         for slot, o in enumerate(outs):
             for link in o.get("links") or []:

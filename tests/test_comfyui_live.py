@@ -1,24 +1,34 @@
-"""The pack inside a real, headless ComfyUI (CPU). Skipped unless COMFYUI_DIR points to a ComfyUI checkout.
+"""The pack inside real, headless ComfyUI hosts (CPU): every test runs once per host. Skipped without a host.
 
+    COMFYUI_HOSTS=/tmp/comfy-0.3.64:/tmp/comfy-0.33.0 pytest -q tests/test_comfyui_live.py
     COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/venv/bin/python pytest -q tests/test_comfyui_live.py
 
-``COMFYUI_PYTHON`` is a Python with ComfyUI's requirements and this pack's (default: the one running
-pytest). See shared/tools/comfyhost/README.md for a CPU set-up. The server gets a scratch base directory
-(``--base-directory``) holding a symlink to this pack in ``custom_nodes/``, a tiny random TWGTM checkpoint
-under the example file name in ``models/twgtm/`` and the example inputs in ``input/``. Unless
-``OMP_NUM_THREADS`` is set, the server runs single-threaded (the tiny model is fastest that way).
+``COMFYUI_HOSTS`` lists folders made by ``shared/tools/comfyhost/install_host.sh DEST [--version V] --ui``
+(``DEST/ComfyUI``, its Python ``DEST/venv/bin/python``, playwright-core in ``DEST/ui/node_modules``), separated by
+``os.pathsep``; ``.ci/run`` gives the oldest and the newest supported host (0.3.64 and 0.33.0). Without it,
+``COMFYUI_DIR`` is one ComfyUI checkout and ``COMFYUI_PYTHON`` a Python with ComfyUI's requirements and this
+pack's (default: the one running pytest). Each host's version is read from its ``comfyui_version.py``; the tests
+that compare ``tests/comfy_stubs.py`` with the real server use the stubs' profile of that version
+(``comfy_stubs.HOSTS``). Each server gets a scratch base directory (``--base-directory``) holding a symlink to
+this pack in ``custom_nodes/``, a tiny random TWGTM checkpoint under the example file name in ``models/twgtm/``
+and the example inputs in ``input/``. Unless ``OMP_NUM_THREADS`` is set, the server runs single-threaded (the
+tiny model is fastest that way).
 
 The frontend check (``test_ui_workflow_loads_in_the_real_frontend``) also needs Node.js, Chromium
-(``CHROMIUM``, default: ``chromium`` on PATH), playwright-core on ``NODE_PATH`` and ``ui_check.js`` from
-``COMFYHOST`` (``install_host.sh DEST --ui`` provides all of them; ``source DEST/env.sh`` sets the variables).
-Every test here is marked ``comfyui``; with ``TWGTM_REQUIRE_COMFYUI=1`` (set by ``.ci/run``) a skip is a failure.
+(``CHROMIUM``, default: ``chromium`` on PATH), playwright-core (the host's ``ui/node_modules``, else
+``NODE_PATH``) and ``ui_check.js`` from ``COMFYHOST`` (``install_host.sh DEST --ui`` provides all of them;
+``source DEST/env.sh`` sets the variables). Every test here is marked ``comfyui``; with
+``TWGTM_REQUIRE_COMFYUI=1`` (set by ``.ci/run``) a skip is a failure, and the hosts must be exactly the
+versions the stubs have profiles of.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,10 +44,49 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import comfy_stubs  # noqa: E402
+from ci_guard import comfyui_required  # noqa: E402
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """One ComfyUI to run the pack in."""
+
+    version: str          # from its comfyui_version.py
+    comfyui_dir: Path     # the checkout (main.py)
+    python: str           # its Python
+    node_path: str        # where playwright-core is found ("" for NODE_PATH)
+
+    @property
+    def profile(self) -> comfy_stubs.HostProfile | None:
+        """The stubs' profile of this version, if they have one."""
+        return comfy_stubs.HOSTS.get(self.version)
+
+
+def _version(comfyui_dir: Path) -> str:
+    text = (comfyui_dir / "comfyui_version.py").read_text()
+    match = re.search(r"__version__\s*=\s*[\"']([^\"']+)[\"']", text)
+    assert match, f"no __version__ in {comfyui_dir / 'comfyui_version.py'}"
+    return match.group(1)
+
+
+def configured_hosts() -> list[Host]:
+    """The hosts of ``COMFYUI_HOSTS`` (install_host.sh folders), else the one of ``COMFYUI_DIR``, else none."""
+    hosts = []
+    for dest in filter(None, os.environ.get("COMFYUI_HOSTS", "").split(os.pathsep)):
+        dest = Path(dest)
+        node_modules = dest / "ui" / "node_modules"
+        hosts.append(Host(_version(dest / "ComfyUI"), dest / "ComfyUI", str(dest / "venv" / "bin" / "python"),
+                          str(node_modules) if node_modules.is_dir() else ""))
+    if not hosts and os.environ.get("COMFYUI_DIR"):
+        comfyui_dir = Path(os.environ["COMFYUI_DIR"])
+        hosts.append(Host(_version(comfyui_dir), comfyui_dir, os.environ.get("COMFYUI_PYTHON", sys.executable), ""))
+    return hosts
+
+
+HOSTS = configured_hosts()
 pytestmark = [pytest.mark.comfyui,
-              pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these tests")]
+              pytest.mark.skipif(not HOSTS, reason="set COMFYUI_HOSTS (install_host.sh folders) or COMFYUI_DIR to "
+                                                   "a ComfyUI checkout to run these tests")]
 
 WORKFLOWS = comfy_stubs.PACK_ROOT / "workflows"
 INPUTS = WORKFLOWS / "example_inputs"
@@ -46,6 +95,25 @@ UI_NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json") if not p.stem.endswit
 PACK_LINK = "ComfyUI-TWGTM"
 EXAMPLE_CHECKPOINT = "twgtm_synthetic_tiny.safetensors"  # nodes/loader.py EXAMPLE_CHECKPOINT
 NOT_TWGTM = "sd15_inpainting.safetensors"
+
+
+@pytest.fixture(scope="module", params=HOSTS, ids=lambda h: f"comfyui-{h.version}")
+def host(request) -> Host:
+    return request.param
+
+
+def profile_of(host: Host) -> comfy_stubs.HostProfile:
+    if host.profile is None:
+        pytest.skip(f"tests/comfy_stubs.py has no profile of ComfyUI {host.version} (HOSTS: {sorted(comfy_stubs.HOSTS)})")
+    return host.profile
+
+
+def test_the_hosts_are_the_oldest_and_newest_supported():
+    """In CI (TWGTM_REQUIRE_COMFYUI=1) the live suite runs on exactly the hosts the stubs have profiles of:
+    ComfyUI 0.3.64, the oldest the pack supports, and 0.33.0, the newest that runs here."""
+    if not comfyui_required():
+        pytest.skip("checked in CI only (TWGTM_REQUIRE_COMFYUI=1)")
+    assert sorted(h.version for h in HOSTS) == sorted(comfy_stubs.HOSTS), [h.version for h in HOSTS]
 
 
 # ----------------------------------------------------------------------------- server
@@ -64,8 +132,8 @@ def _http(method: str, url: str, body=None, timeout: float = 30):
 
 
 class Server:
-    def __init__(self, base: Path, url: str, proc: subprocess.Popen, log: Path):
-        self.base, self.url, self.proc, self.log = base, url, proc, log
+    def __init__(self, host: Host, base: Path, url: str, proc: subprocess.Popen, log: Path):
+        self.host, self.base, self.url, self.proc, self.log = host, base, url, proc, log
 
     def get(self, path: str):
         return _http("GET", self.url + path)
@@ -124,19 +192,19 @@ def _base_dir(tmp_path_factory, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def _running_server(base: Path, entry: list[str]):
-    """Start ComfyUI (``entry``: how its Python starts main.py) on a free loopback port with ``base``; wait until
+def _running_server(host: Host, base: Path, entry: list[str]):
+    """Start ``host`` (``entry``: how its Python starts main.py) on a free loopback port with ``base``; wait until
     it answers, yield the :class:`Server`, and stop it (SIGINT, then kill) afterwards."""
     port, log = _free_port(), base / "server.log"
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), *entry, "--cpu", "--listen", "127.0.0.1",
+    cmd = [host.python, *entry, "--cpu", "--listen", "127.0.0.1",
            "--port", str(port), "--base-directory", str(base), "--disable-auto-launch",
            "--database-url", "sqlite:///:memory:"]
     with open(log, "w") as logf:
-        proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, cwd=host.comfyui_dir, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
-    srv = Server(base, f"http://127.0.0.1:{port}", proc, log)
+    srv = Server(host, base, f"http://127.0.0.1:{port}", proc, log)
     try:
         deadline = time.time() + 240
         while True:
@@ -160,8 +228,8 @@ def _running_server(base: Path, entry: list[str]):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with _running_server(_base_dir(tmp_path_factory, "comfyui_base"), ["main.py"]) as srv:
+def server(host, tmp_path_factory):
+    with _running_server(host, _base_dir(tmp_path_factory, f"comfyui_base_{host.version}"), ["main.py"]) as srv:
         yield srv
 
 
@@ -184,32 +252,35 @@ def saved_files(server: Server, entry: dict) -> dict[str, list[Path]]:
 
 
 # ----------------------------------------------------------------------------- frontend
-def _frontend_tools() -> tuple[str, str, Path]:
-    """node, chromium and ui_check.js (with playwright-core on NODE_PATH), or a skip that names what is missing."""
+def _frontend_tools(host: Host) -> tuple[str, str, Path, str]:
+    """node, chromium, ui_check.js and the NODE_PATH with playwright-core (the host's ``ui/node_modules``, else
+    ``NODE_PATH``), or a skip that names what is missing."""
     node = shutil.which("node")
     chromium = shutil.which(os.environ.get("CHROMIUM", "chromium"))
-    host = os.environ.get("COMFYHOST")
-    script = Path(host) / "ui_check.js" if host else None
-    node_path = [p for p in os.environ.get("NODE_PATH", "").split(os.pathsep) if p]
+    tools = os.environ.get("COMFYHOST")
+    script = Path(tools) / "ui_check.js" if tools else None
+    node_path = [p for p in [host.node_path, *os.environ.get("NODE_PATH", "").split(os.pathsep)] if p]
     missing = [what for what, ok in [
         ("node on PATH", node), ("chromium (set CHROMIUM or put it on PATH)", chromium),
         ("COMFYHOST with ui_check.js", script and script.is_file()),
-        ("playwright-core on NODE_PATH", any((Path(p) / "playwright-core").is_dir() for p in node_path)),
+        ("playwright-core in the host's ui/node_modules or on NODE_PATH",
+         any((Path(p) / "playwright-core").is_dir() for p in node_path)),
     ] if not ok]
     if missing:
         pytest.skip("frontend check needs " + ", ".join(missing) + " (install_host.sh DEST --ui; source DEST/env.sh)")
-    return node, chromium, script
+    return node, chromium, script, os.pathsep.join(node_path)
 
 
 @pytest.mark.parametrize("name", UI_NAMES)
 def test_ui_workflow_loads_in_the_real_frontend(server, name, tmp_path):
-    """The shipped UI workflow in ComfyUI's own frontend (headless Chromium): every node type known, no load or
+    """The shipped UI workflow in the host's own frontend (headless Chromium): every node type known, no load or
     page errors, and the frontend's API export is the shipped ``*_api.json`` twin."""
-    node, chromium, script = _frontend_tools()
+    node, chromium, script, node_path = _frontend_tools(server.host)
     api_out = tmp_path / "api.json"
     proc = subprocess.run([node, str(script), "--url", server.url, "--workflow", str(WORKFLOWS / f"{name}.json"),
                            "--chromium", chromium, "--api-out", str(api_out), "--timeout-ms", "120000"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, NODE_PATH=node_path))
     assert proc.returncode == 0, f"ui_check.js exit {proc.returncode}:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     report = json.loads(proc.stdout)
     assert report["missing"] == [] and report["placeholders"] == [] and report["loadError"] is None, report
@@ -231,14 +302,29 @@ def test_pack_imports_and_its_nodes_are_listed(server, info):
     assert options == sorted([EXAMPLE_CHECKPOINT, NOT_TWGTM])
 
 
+def test_the_pack_declares_combos_in_the_form_the_host_checks(server, info):
+    """nodes/host.py asks the running host whether it checks "COMBO" values itself: 0.33.0 does (and a list
+    type would reject every prompt there), 0.3.64 does not (only a list-typed combo is checked there)."""
+    checks_combo = profile_of(server.host).checks_combo_values
+    combos = [(node["name"], name, typ, opts["options"]) for node in info.values() if node["name"].startswith("TWGTM")
+              for cat in ("required", "optional") for name, (typ, opts) in node["input"].get(cat, {}).items()
+              if "options" in opts]
+    assert len(combos) == 9
+    for node, name, typ, options in combos:
+        assert typ == ("COMBO" if checks_combo else options), (node, name, typ)
+
+
 def test_the_stubs_describe_the_nodes_like_the_real_server(server, info):
-    """tests/comfy_stubs.py must give the same /object_info as ComfyUI for our nodes (CI relies on it)."""
-    keys = ("input", "input_order", "output", "output_name", "output_is_list", "display_name", "category",
-            "output_node")
-    with comfy_stubs.load_pack(server.base, name="twgtm_live_probe") as pack:
-        stub_info = comfy_stubs.object_info(pack)
+    """tests/comfy_stubs.py, with its profile of this host, gives the same /object_info as the real server: every
+    field of our nodes, and the outputs of the core nodes the workflows use (CI's fast tests rely on it)."""
+    host = profile_of(server.host)
+    with comfy_stubs.load_pack(server.base, name="twgtm_live_probe", host=host) as pack:
+        stub_info = json.loads(json.dumps(comfy_stubs.object_info(pack)))  # tuples -> lists, as the server sends
+    assert set(stub_info) == {k for k in info if k.startswith("TWGTM")}
     for name, node in stub_info.items():
-        assert {k: node[k] for k in keys} == {k: info[name][k] for k in keys}, name
+        assert node == info[name], name
+    for name, node in comfy_stubs.core_object_info(host).items():
+        assert (node["output"], node["output_node"]) == (info[name]["output"], info[name]["output_node"]), name
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -431,15 +517,15 @@ print(json.dumps(out))
 """
 
 
-def test_a_partial_comfyui_load_leaves_plain_modules_behind():
+def test_a_partial_comfyui_load_leaves_plain_modules_behind(host):
     """Why nodes/memory.py loads with force_full_load=True: with the real ``ModelPatcher.load`` a partial
     (lowvram) load of a TWGTM component moves only the modules that fit (the meta device plays the GPU) and
     leaves the rest of these plain torch modules on the offload device, while ComfyUI records the model as
     completely loaded (``model_lowvram`` False); the component then fails on a device mismatch. Parameters of
     non-leaf modules (the reference encoder's Swin and CLIP) stay behind even when everything would fit.
     A full load moves everything. And a component needs its holder: ModelPatcher sets ``device`` on it."""
-    proc = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", PARTIAL_LOAD_PROBE,
-                           str(comfy_stubs.PACK_ROOT)], cwd=COMFYUI_DIR, capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([host.python, "-c", PARTIAL_LOAD_PROBE,
+                           str(comfy_stubs.PACK_ROOT)], cwd=host.comfyui_dir, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.splitlines()[-1])
@@ -485,7 +571,7 @@ def _summary(node_errors: dict) -> dict:
 @pytest.mark.parametrize("node_id,name,value", [("6", "category", "shirt"), ("7", "scheduler", "karras"),
                                                 ("1", "dtype", "int8")])
 def test_a_combo_value_outside_its_list_is_refused_once_under_its_input(server, node_id, name, value):
-    """ComfyUI 0.3.64 does not check V3 "COMBO" values; the pack's combos are typed so that it does."""
+    """On every host: 0.33.0 checks the pack's "COMBO" inputs itself, 0.3.64 the list-typed ones it gets there."""
     status, resp = server.submit(_bad_prompts()[f"{name}={value}"])
     assert status == 400, resp
     assert set(resp["node_errors"]) == {node_id}
@@ -506,7 +592,7 @@ def test_a_missing_model_file_is_reported_once_under_its_input(server, name, val
 
 
 def test_a_string_wired_into_a_mask_input_is_refused(server):
-    """0.3.64 checks the link types of V3 inputs itself (return_type_mismatch), so the pack need not."""
+    """The hosts check the link types of V3 inputs themselves (return_type_mismatch), so the pack need not."""
     status, resp = server.submit(_bad_prompts()["mask<-string"])
     assert status == 400, resp
     (error,) = resp["node_errors"]["6"]["errors"]
@@ -515,11 +601,13 @@ def test_a_string_wired_into_a_mask_input_is_refused(server):
 
 
 def test_the_stubs_report_the_errors_of_the_real_server(server):
-    """tests/comfy_stubs.comfy_node_errors (used by test_nodes.py) gives exactly the real node_errors."""
-    with comfy_stubs.load_pack(server.base, name="twgtm_live_validation_probe") as pack:
+    """tests/comfy_stubs.comfy_node_errors (used by test_nodes.py), with its profile of this host, gives exactly
+    the real node_errors."""
+    host = profile_of(server.host)
+    with comfy_stubs.load_pack(server.base, name="twgtm_live_validation_probe", host=host) as pack:
         for case, prompt in _bad_prompts().items():
             status, resp = server.submit(prompt)
-            expected = comfy_stubs.comfy_node_errors(prompt, pack.registered.classes)
+            expected = comfy_stubs.comfy_node_errors(prompt, pack.registered.classes, host=host)
             assert _summary(resp["node_errors"]) == _summary(expected), case
             assert status == 400, case
 
@@ -576,11 +664,11 @@ runpy.run_path("main.py", run_name="__main__")
 
 
 @pytest.fixture(scope="module")
-def server_without_requirements(tmp_path_factory):
+def server_without_requirements(host, tmp_path_factory):
     """A second server whose Python lacks diffusers and timm (hidden by an import hook)."""
-    base = _base_dir(tmp_path_factory, "comfyui_base_noreq")
-    with _running_server(base, ["-c", HIDE_REQUIREMENTS]) as srv:
-        yield srv, os.environ.get("COMFYUI_PYTHON", sys.executable)
+    base = _base_dir(tmp_path_factory, f"comfyui_base_noreq_{host.version}")
+    with _running_server(host, base, ["-c", HIDE_REQUIREMENTS]) as srv:
+        yield srv, host.python
 
 
 def test_missing_requirements_are_named_once_with_the_install_command(server_without_requirements):

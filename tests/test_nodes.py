@@ -1,4 +1,8 @@
-"""The TWGTM ComfyUI nodes, run on the tiny model with ComfyUI replaced by tests/comfy_stubs.py."""
+"""The TWGTM ComfyUI nodes, run on the tiny model with ComfyUI replaced by tests/comfy_stubs.py.
+
+Every test that uses the ``pack`` fixture runs once per host profile of the stubs (``comfy_stubs.HOSTS``:
+ComfyUI 0.3.64 and 0.33.0), so a declaration that one of the hosts rejects fails here in seconds.
+"""
 from __future__ import annotations
 
 import ast
@@ -35,14 +39,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("comfy_base")
+@pytest.fixture(scope="module", params=list(comfy_stubs.HOSTS.values()), ids=lambda h: f"comfyui-{h.version}")
+def host(request) -> comfy_stubs.HostProfile:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def pack(base):
-    with comfy_stubs.load_pack(base) as module:
+def base(tmp_path_factory, host) -> Path:
+    return tmp_path_factory.mktemp(f"comfy_base_{host.version}")
+
+
+@pytest.fixture(scope="module")
+def pack(base, host):
+    with comfy_stubs.load_pack(base, host=host) as module:
         yield module
 
 
@@ -319,8 +328,8 @@ def api_workflow(name: str) -> dict:
 
 
 def comfy_errors(pack, prompt: dict) -> dict:
-    """What ComfyUI 0.3.64's POST /prompt reports for ``prompt`` (tests/comfy_stubs.py copies its checks)."""
-    return comfy_stubs.comfy_node_errors(prompt, pack.registered.classes)
+    """What the POST /prompt of the pack's host reports for ``prompt`` (tests/comfy_stubs.py copies its checks)."""
+    return comfy_stubs.comfy_node_errors(prompt, pack.registered.classes, host=pack.host)
 
 
 def one_error(errors: dict, node_id: str) -> dict:
@@ -343,7 +352,7 @@ def test_the_shipped_workflows_pass_comfyui_validation(pack, tiny_file, name):
 ])
 def test_a_combo_value_outside_its_list_is_rejected_once_under_its_input(pack, tiny_file, workflow, node_id, name,
                                                                           value):
-    """ComfyUI 0.3.64 does not check V3 ("COMBO") values; the pack's combos are typed so that it does."""
+    """Refused by the host itself on both: 0.33.0 checks "COMBO" values, 0.3.64 only list-typed combos."""
     prompt = api_workflow(workflow)
     assert prompt[node_id]["inputs"][name] != value
     prompt[node_id]["inputs"][name] = value
@@ -371,8 +380,8 @@ def test_a_missing_model_file_is_reported_once_under_its_input(pack, base, tiny_
 
 @pytest.mark.parametrize("source", [{"class_type": "PrimitiveString", "inputs": {"value": "hello"}}, None])
 def test_a_wrong_wire_type_into_a_mask_input_is_rejected_by_comfyui(pack, tiny_file, source):
-    """ComfyUI 0.3.64 checks the link types of V3 inputs itself, as long as no validate_inputs of the pack
-    takes ``input_types`` (which would turn that check off)."""
+    """The hosts check the link types of V3 inputs themselves, as long as no validate_inputs of the pack takes
+    ``input_types`` (which would turn that check off)."""
     prompt = api_workflow("twgtm_try_on")
     if source is None:
         prompt["6"]["inputs"]["mask"] = ["2", 0]  # LoadImage's IMAGE
@@ -390,15 +399,52 @@ def test_a_wrong_wire_type_into_a_mask_input_is_rejected_by_comfyui(pack, tiny_f
 
 
 def test_every_combo_input_is_checked_by_comfyui(pack):
-    """Each combo's type is its list of options (the form ComfyUI 0.3.64 checks), the options unchanged."""
+    """Each combo is declared in the form its host checks (nodes/host.py asks the host): ``"COMBO"`` with the
+    options in the input where the host checks such values (0.33.0), its list of options as its type where only
+    that form is checked (0.3.64); the options unchanged."""
     combos = 0
     for node in comfy_stubs.object_info(pack).values():
         for cat in ("required", "optional"):
             for name, (typ, opts) in node["input"].get(cat, {}).items():
                 if "options" in opts:
                     combos += 1
-                    assert typ == opts["options"], (node["name"], name)
+                    expected = "COMBO" if pack.host.checks_combo_values else opts["options"]
+                    assert typ == expected, (node["name"], name, typ)
     assert combos == 9
+
+
+@pytest.mark.parametrize("how", ["no execution module", "probe raises", "probe awaits"])
+def test_a_host_that_cannot_be_probed_gets_plain_combos(tmp_path, monkeypatch, how):
+    """When the probe cannot ask the host (no ``execution`` loaded, or its validation behaves unlike any known
+    host), the pack declares ``"COMBO"``, the form every host accepts (a wrong value then fails when the node
+    runs), and says so in the log."""
+    stubs = comfy_stubs.make_stub_modules(tmp_path, comfy_stubs.OLDEST)
+    if how == "no execution module":
+        del stubs["execution"]
+    elif how == "probe raises":
+        async def validate_inputs(prompt_id, prompt, item, validated):
+            raise KeyError(prompt[item]["class_type"])
+        stubs["execution"].validate_inputs = validate_inputs
+    else:
+        async def validate_inputs(prompt_id, prompt, item, validated):
+            await comfy_stubs.asyncio.sleep(0)
+            return True, [], item
+        stubs["execution"].validate_inputs = validate_inputs
+    with comfy_stubs.load_pack(tmp_path, name="twgtm_unprobed", stubs=stubs) as unprobed:
+        assert unprobed.nodes.host.CHECKS_COMBO_VALUES is None
+        spec = comfy_stubs.object_info(unprobed)["TWGTMSampler"]["input"]["required"]["scheduler"]
+        assert spec[0] == "COMBO" and spec[1]["options"] == list(unprobed.nodes.sampler.SCHEDULERS)
+        assert "TWGTMHostProbe" not in stubs["nodes"].NODE_CLASS_MAPPINGS  # the probe node never stays registered
+        with pytest.raises(Exception, match="scheduler: expected one of"):  # checked when the node runs
+            unprobed.registered.classes["TWGTMSampler"].execute(model=None, conditioning=None, seed=0, steps=1,
+                                                                 cfg=1.0, scheduler="karras", denoise=1.0)
+
+
+def test_the_host_probe_leaves_the_registry_as_it_was(pack):
+    registry = pack.stubs["nodes"].NODE_CLASS_MAPPINGS
+    assert set(registry) == set(pack.registered.classes)
+    assert pack.nodes.host.checks_combo_values() is pack.host.checks_combo_values
+    assert set(registry) == set(pack.registered.classes)
 
 
 # ----------------------------------------------------------------------------- requirements

@@ -22,10 +22,10 @@ NAMES = ["twgtm_try_on", "twgtm_try_off", "twgtm_round_trip"]
 EXAMPLE_FILES = {p.name for p in INPUTS.glob("*.png")}
 
 
-@pytest.fixture(scope="module")
-def pack(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(comfy_stubs.HOSTS.values()), ids=lambda h: f"comfyui-{h.version}")
+def pack(tmp_path_factory, request):
     base = tmp_path_factory.mktemp("comfy_base")
-    with comfy_stubs.load_pack(base) as module:
+    with comfy_stubs.load_pack(base, host=request.param) as module:
         # the example checkpoint must be listed for the loader's combo; its content is not read here
         (base / "models" / "twgtm" / module.nodes.loader.EXAMPLE_CHECKPOINT).write_bytes(b"")
         yield module
@@ -33,7 +33,7 @@ def pack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def info(pack) -> dict:
-    return comfy_stubs.object_info(pack) | comfy_stubs.CORE_OBJECT_INFO
+    return comfy_stubs.full_object_info(pack)
 
 
 def load(name: str) -> dict:
