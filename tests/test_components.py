@@ -137,3 +137,56 @@ def test_enable_stage2_needs_a_reference_encoder():
     assert base.reference_encoder is None and set(base.modules()) == {"unet", "vae"}
     with pytest.raises(ConfigError, match="baseline"):
         base.enable_stage2()
+
+
+QUIET_RUN = """
+import logging, sys, warnings
+import torch
+from twgtm.pipeline import TWGTMPipeline
+from twgtm.weights import load_twgtm
+warnings.simplefilter("always")  # every warning, also those Python shows once or hides by default
+logging.basicConfig(level=logging.WARNING)
+for dtype in (torch.float32, torch.bfloat16):
+    pipe = TWGTMPipeline.from_components(load_twgtm(sys.argv[1], dtype=dtype))
+    person, garment = torch.rand(1, 3, 70, 50), torch.rand(1, 3, 64, 48)
+    mask = torch.zeros(1, 1, 70, 50)
+    mask[..., 20:50, 10:40] = 1
+    pipe.try_on(person, garment, mask, "upper", num_inference_steps=2, generator=0)
+    pipe.try_off(person, "dress", num_inference_steps=2, generator=0)
+    pipe.predict_garment_mask(person, "lower")
+print("ok")
+"""
+
+
+def test_a_load_and_a_try_on_print_no_warnings(tmp_path):
+    """A fresh process loads a TWGTM file (fp32 and bf16), runs try-on, try-off and the garment mask: nothing on
+    stderr, no warning of any kind (diffusers' false "should be kept in float32: []" on a cast included)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "tiny.safetensors"
+    save_twgtm(make_tiny_model(0), path, include_base=True)
+    proc = subprocess.run([sys.executable, "-c", QUIET_RUN, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok" and proc.stderr == "", proc.stderr[-3000:]
+
+
+def test_move_keeps_diffusers_warning_where_it_is_true(caplog):
+    """components.move skips diffusers' ``to`` only for models that keep no module in float32: for one that does,
+    diffusers' own ``to`` runs and warns, as it should."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from twgtm.components import move
+
+    vae = make_tiny_model(0).vae
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            move(vae, dtype=torch.bfloat16)
+            assert not [r for r in caplog.records if "kept in float32" in r.getMessage()]
+            vae._keep_in_fp32_modules = ["quant_conv"]
+            move(vae, dtype=torch.float32)
+            assert [r for r in caplog.records if "kept in float32: ['quant_conv']" in r.getMessage()]
+    finally:
+        diffusers_logging.disable_propagation()
+    assert vae.dtype == torch.float32
