@@ -1,5 +1,5 @@
-"""Streaming metrics: per-item records reduced per group equal the all-at-once metrics (1e-6); per-item seeds make
-generated images independent of the batching."""
+"""Streaming metrics: per-item records reduced per group equal the all-at-once metrics (1e-6; KID 2e-5 relative, see
+below); per-item seeds make generated images independent of the batching."""
 from __future__ import annotations
 
 import pytest
@@ -41,7 +41,11 @@ def test_streamed_records_equal_the_metrics_of_all_items_at_once(tmp_path, monke
         if value is None:
             assert streamed[name] is None and name in streamed.skipped
         else:
-            assert streamed[name] == pytest.approx(value, abs=1e-6, rel=1e-6), name  # KID is x1000
+            # KID (x1000): the records keep features in float32 (half the memory of the float64 the all-at-once
+            # path uses), and KID's cubic kernel over subsets of 4 turns that rounding into a relative 4e-6 to 7e-6
+            # on an AMD EPYC (the same code was within 1e-6 on other CPUs by luck of the rounding)
+            tol = 2e-5 if name == "kid" else 1e-6
+            assert streamed[name] == pytest.approx(value, abs=1e-6, rel=tol), name
     assert set(streamed.skipped) == set(reference.skipped) == {"lpips", "dists", "clip_fid"}
     part = scorer.reduce(records[:1])                          # a group of one: distribution metrics skipped
     assert part["fid"] is None and "at least 2" in part.skipped["fid"]
