@@ -428,6 +428,9 @@ def test_main_job_on_two_processes_reports_on_the_test_split_and_on_a_validation
     assert test["items"] == 4 and test["held_out"] == "test split of the run's data"
     assert val["items"] == 3 and val["held_out"] == f"test split of {out / 'data_val'}"
     assert (out / "report_val" / "grid.png").is_file()
+    # the stages' loss curves (from their log.csv) in the test report, shown by report.md
+    assert test["loss_curves"] == "loss_curves.png" and (out / "report" / "loss_curves.png").is_file()
+    assert "![loss curves](loss_curves.png)" in (out / "report" / "report.md").read_text()
     assert f"validation report: {out / 'report_val' / 'report.md'} (passed={val['passed']})" in res.stderr
     timings = json.loads((out / "timings.json").read_text())
     assert timings["report_wait_s"] >= timings["report_s"] > 0

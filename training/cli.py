@@ -56,10 +56,16 @@ def _config_path(text: Optional[str]) -> Optional[Path]:
 
 
 def _load(args) -> RunConfig:
+    """The run config of the command line; a tracker of ``report_to`` whose package is missing fails here, before
+    any process is started or anything is trained."""
+    from .tracking import check_report_to
+
     overrides = list(args.set or [])
     if getattr(args, "output_dir", None):
         overrides.append(f"output_dir={args.output_dir}")
-    return load_run_config(_config_path(args.config), overrides)
+    run = load_run_config(_config_path(args.config), overrides)
+    check_report_to(run.report_to)
+    return run
 
 
 def _apply_max_steps(run, stages: Sequence[int], max_steps: Optional[int]) -> None:
@@ -202,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_int_arg(1), default=2, help="training seeds per variant: seed + 0 .. seed + N-1")
     p.add_argument("--max-steps", type=steps, help="max steps of every stage (the mask warm-up keeps its share)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
+
+    p = sub.add_parser("plot", help="draw a run's loss curves (each stage's log.csv) into RUN_DIR/loss_curves.png")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run's output folder (with stage1/ and/or stage2/)")
+    p.add_argument("--out", help="PNG to write (default: RUN_DIR/loss_curves.png)")
     return parser
 
 
@@ -247,6 +257,7 @@ def _claim_output(run, stages: list[int], resume: str, overwrite: bool) -> Itera
 
 def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accelerator) -> dict[str, float]:
     from .data import build_train_dataset, prepare_data
+    from .tracking import end_trackers
     from .trainer import export_model, train_stage
 
     timings: dict[str, float] = {}
@@ -266,6 +277,7 @@ def _train(run, stages: list[int], resume: str, stop_after: Optional[int], accel
         else:
             train_stage(run, stage, accelerator, resume=resume_arg, stop_after=stop_after)
         timings[f"stage{stage}_s"] = round(time.perf_counter() - t0, 1)
+    end_trackers(accelerator)
     if stages and stages[-1] == 2 and stop_after is None:
         if accelerator.is_main_process:
             t0 = time.perf_counter()
@@ -380,7 +392,7 @@ def _main_job(run, args, stages: list[int], resume: str, t_all: float) -> int:
         _report(run, None, eval_data=str(val_root), out=str(val_out))
     if accelerator.is_main_process:
         t0 = time.perf_counter()
-        report = _report(run, None, {**previous, **timings})
+        report = _report(run, None, {**previous, **timings}, loss_curves=True)
         if val_here:
             _report(run, None, eval_data=str(val_root), out=str(val_out))
         timings["report_s"] = round(time.perf_counter() - t0, 1)
@@ -400,19 +412,23 @@ def _main_job(run, args, stages: list[int], resume: str, t_all: float) -> int:
 
 
 def _report(run, checkpoint: Optional[str], timings: Optional[dict] = None, *, eval_data: Optional[str] = None,
-            out: Optional[str] = None) -> dict:
+            out: Optional[str] = None, loss_curves: bool = False) -> dict:
+    """The baseline report of the run's export (or ``checkpoint``); with ``loss_curves``, the stages' loss curves
+    (``loss_curves.png`` from their log.csv) go into the report folder and report.md shows them."""
     import torch
 
     from twgtm.weights import load_twgtm
 
     from .report import baseline_report
+    from .tracking import plot_losses
     from .trainer import base_sources
 
     path = checkpoint or run.resolve(run.export.filename)
     base = None if run.export.include_base else base_sources(run)
     model = load_twgtm(path, base=base, device="cuda" if torch.cuda.is_available() else "cpu")
-    return baseline_report(model, run, Path(out) if out else run.output_path / "report", timings=timings,
-                           eval_root=eval_data)
+    out_dir = Path(out) if out else run.output_path / "report"
+    curves = plot_losses(run.output_path, out_dir / "loss_curves.png") if loss_curves else None
+    return baseline_report(model, run, out_dir, timings=timings, eval_root=eval_data, loss_curves=curves)
 
 
 def cmd_report(args) -> int:
@@ -493,6 +509,18 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .tracking import plot_losses
+
+    try:
+        out = plot_losses(args.run_dir, args.out)
+    except FileNotFoundError as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info("loss curves: %s", out)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
@@ -504,7 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
     handlers = {"main": cmd_main, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export,
-                "report": cmd_report, "ablate": cmd_ablate}
+                "report": cmd_report, "ablate": cmd_ablate, "plot": cmd_plot}
     try:
         return handlers[args.command](args)
     except TWGTMError as exc:

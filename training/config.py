@@ -208,6 +208,8 @@ class RunConfig:
                                            # the weights no optimiser updates are stored in that dtype (halves
                                            # their memory; autocast computes in it anyway)
     allow_tf32: bool = True
+    report_to: str = "none"                # experiment trackers through accelerate: "none", "tensorboard",
+                                           # "wandb" or "all" (training/tracking.py; packages: .[tensorboard], .[wandb])
     model: ModelSection = field(default_factory=ModelSection)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,6 +250,9 @@ class RunConfig:
         if not isinstance(self.processes, int) or self.processes < 1:
             raise ConfigError(f"processes: expected an int >= 1, got {self.processes!r}")
         self._validate_numbers()
+        from .tracking import trackers
+
+        trackers(self.report_to)  # a ConfigError naming the allowed values
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision: expected 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.frozen_dtype not in (None, "fp32", "bf16", "fp16"):

@@ -275,12 +275,13 @@ def _compare(results: dict, category: str, triples) -> list[dict]:
 
 
 def baseline_report(model: TWGTMComponents, run, out_dir: str | Path, *, timings: Optional[dict] = None,
-                    eval_root: Optional[str] = None) -> dict:
+                    eval_root: Optional[str] = None, loss_curves: Optional[Path] = None) -> dict:
     """Evaluate ``model`` and the baselines on the held-out synthetic pairs; write report.json/.md and grid.png.
 
     ``eval_root``: take the held-out pairs from the test split of another synthetic folder (a validation set);
     the mean-garment and mean-mask baselines still come from the run's training set. The items stream through
     a DataLoader ``eval.batch_size`` at a time: only per-item scores and the grid's first items are kept.
+    ``loss_curves``: a PNG in ``out_dir`` (training.tracking.plot_losses) that report.md shows.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -351,6 +352,8 @@ def baseline_report(model: TWGTMComponents, run, out_dir: str | Path, *, timings
     }
     grid_path = _report_grid(grid_parts, out_dir / "grid.png")
     report["grid"] = grid_path.name
+    if loss_curves is not None:
+        report["loss_curves"] = Path(loss_curves).name
     report["timings"]["report_s"] = round(time.perf_counter() - t0, 1)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(_markdown(report))
@@ -437,4 +440,8 @@ def _markdown(report: dict) -> str:
         lines += ["", "## Timings (seconds)", "", "| part | s |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in report["timings"].items()]
     lines += ["", f"![grid]({report['grid']})", ""]
+    if report.get("loss_curves"):
+        lines += ["## Training loss curves", "", "Each stage's loss, diffusion loss and mask loss per step, from its "
+                  "log.csv (`python -m training plot RUN_DIR` draws them for any run).", "",
+                  f"![loss curves]({report['loss_curves']})", ""]
     return "\n".join(lines)

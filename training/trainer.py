@@ -17,7 +17,8 @@ One command runs on one CPU, one GPU, or many GPUs and nodes (``accelerate launc
   global generator: a run killed with SIGKILL at any step and resumed reaches exactly the state of an
   uninterrupted run.
 * **Outputs** per stage: ``log.csv`` (losses, learning rates, gradient norm, speed), ``samples/step-N.png``
-  (try-on and try-off grids), ``model.safetensors`` (the stage's weights, TWGTM format).
+  (try-on and try-off grids), ``model.safetensors`` (the stage's weights, TWGTM format); the same values and
+  grids go to TensorBoard / W&B with ``report_to`` (:mod:`training.tracking`).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ from .grids import sample_grid
 from .objective import TrainingObjective, spec_parameter_groups
 from .progress import progress_bar
 from .stage0_vae import load_stage0_vae
+from .tracking import StageTracker
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,11 @@ def make_accelerator(run: RunConfig, *, cpu: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=cpu,
+    from .tracking import LOG_DIR, check_report_to
+
+    log_with = check_report_to(run.report_to) or None  # a missing tracker package fails here, before training
+    accelerator = Accelerator(mixed_precision=run.mixed_precision, cpu=cpu, log_with=log_with,
+                              project_dir=str(run.output_path / LOG_DIR) if log_with else None,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True,
                                                                              gradient_as_bucket_view=True)])
     _check_fsdp(accelerator)
@@ -671,6 +677,7 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
     fields = ["step", "loss", "diffusion", "mask", "vtoff_fraction", "grad_norm"] + \
              [f"lr_{n}" for n in group_names] + ["seconds_per_step", "samples_per_second", "elapsed"]
     log = CSVLog(out / "log.csv", fields, step if ckpt is not None else None, accelerator.is_main_process)
+    tracker = StageTracker(run, stage, accelerator, step)
     progress = progress_bar(accelerator, step, total, f"stage {stage}")
     last_loss = None
     t_loop, steps_timed = time.perf_counter(), 0
@@ -715,11 +722,14 @@ def train_stage(run: RunConfig, stage: int, accelerator, *, resume: Optional[str
             for n, lr in zip(group_names, lr_schedule.get_last_lr()):
                 row[f"lr_{n}"] = f"{lr:.6g}"
             log.write(row)
+            tracker.log(step, row)
             progress.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
         if sample_items is not None and (step % s.sample_every == 0 or step == total):
             if ema is not None:
                 ema.swap()
-            _write_samples(objective, raw_model, sample_items, out / "samples" / f"step-{step:06d}.png", s, run)
+            grid = out / "samples" / f"step-{step:06d}.png"
+            _write_samples(objective, raw_model, sample_items, grid, s, run)
+            tracker.log_image(step, grid)
             if ema is not None:
                 ema.swap()
         if step % s.checkpoint_every == 0 or step == total or step == stop_after:
