@@ -8,7 +8,8 @@ from twgtm.config import TWGTMConfig
 from twgtm.components import TWGTMComponents
 
 # CI: with TWGTM_REQUIRE_COMFYUI=1 a skipped `comfyui` test fails (see ci_guard.py).
-from ci_guard import pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: F401
+from ci_guard import (pytest_collection_modifyitems, pytest_runtest_logreport,  # noqa: F401
+                      pytest_runtest_makereport, pytest_terminal_summary)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
