@@ -8,8 +8,8 @@ it the running host is on:
   list of options (the V1 form); a V3 combo's type is ``"COMBO"`` and an unknown value (category ``"shirt"``)
   reaches ``execute`` unchecked. Upstream PR #11345 (Dec 2025, ComfyUI v0.21 and later; 0.33.0 here) made the
   server check ``"COMBO"`` values against the input's ``options`` itself, and in the same change it started to
-  expand a V3 node's inputs by looking each input's type up in a dict (``comfy_api.latest._io.
-  parse_class_inputs``), so a list-typed input became ``TypeError: unhashable type: 'list'`` and the whole
+  expand a V3 node's inputs by looking each input's type up in a dict (``parse_class_inputs`` in the API's
+  ``_io`` module), so a list-typed input became ``TypeError: unhashable type: 'list'`` and the whole
   prompt is rejected. Because one change did both, one question decides the declaration:
   :func:`checks_combo_values`. Yes (0.33.0): declare ``"COMBO"``, the host checks it. No (0.3.64): declare the
   list of options, the form that host checks. Unknown (the probe could not run): ``"COMBO"``, which every host
