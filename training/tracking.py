@@ -153,7 +153,7 @@ def read_log(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 def plot_losses(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
     """One PNG with a panel per stage (``stage1``, ``stage2`` under ``run_dir``): loss, diffusion and mask loss per
-    step from each stage's ``log.csv`` (log scale). Written to ``out`` (default ``run_dir/loss_curves.png``)."""
+    step from each stage's ``log.csv`` (log scale when every value is above 0). Written to ``out`` (default ``run_dir/loss_curves.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,9 +172,10 @@ def plot_losses(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
             ax.plot(steps, values, label=name, linewidth=1.2 if name == "loss" else 0.9)
         ax.set_title(f"stage {stage} ({path.parent.name}/log.csv)")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss (log scale)")
-        if all(v > 0 for pts in series.values() for _, v in pts):
+        log_scale = all(v > 0 for pts in series.values() for _, v in pts)  # a zero (warm-up, stage 2's mask) cannot
+        if log_scale:
             ax.set_yscale("log")
+        ax.set_ylabel("loss (log scale)" if log_scale else "loss")
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
